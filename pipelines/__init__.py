@@ -1,0 +1,1 @@
+"""Beam pipelines (installed as ``stepnorm.pipelines``): thin PTransforms over ``stepnorm``."""

@@ -1,0 +1,3 @@
+"""stepnorm: per-timestep action-chunk statistics, normalization and validation for robot datasets."""
+
+__version__ = "0.1.0"

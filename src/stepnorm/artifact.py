@@ -1,0 +1,278 @@
+"""The stats artifact (``stats.json``, format ``stepnorm.stats``, version 1): build, write, read.
+
+Layout of an artifact directory::
+
+    DIR/stats.json                 the statistics (SPEC section 3), written last
+    DIR/accumulators/<name>.acc    each dataset's mergeable accumulator (incremental regeneration)
+
+The directory is assembled under a temporary name beside ``DIR`` and renamed into place, so a
+reader sees the old artifact or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from stepnorm import __version__
+from stepnorm.errors import ArtifactError
+from stepnorm.stats.combine import FinalStats, quantile_key
+
+FORMAT = "stepnorm.stats"
+VERSION = 1
+STATS_FILE = "stats.json"
+ACCUMULATOR_DIR = "accumulators"
+BASE_FIELDS = ("count", "mean", "std", "min", "max")
+
+
+# -- fingerprints -------------------------------------------------------------------------------
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, whitespace-free JSON: the same object always gives the same text."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 hex of ``canonical_json(obj)``."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def artifact_fingerprint(config: Mapping, dataset_fingerprints: Mapping[str, str]) -> str:
+    """The artifact's fingerprint: the resolved config plus every dataset's fingerprint."""
+    return fingerprint({"config": config, "datasets": dict(dataset_fingerprints)})
+
+
+# -- JSON conversion ------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    """numpy -> lists; NaN/Inf -> None (strict JSON has no NaN)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def _stats_block(final: FinalStats, quantiles) -> dict:
+    return _jsonable(final.to_dict(quantiles))
+
+
+def build_artifact(
+    *,
+    config: Mapping,
+    horizon: int,
+    quantiles,
+    weighting: str,
+    datasets: Mapping[str, tuple[FinalStats, Mapping[str, Any]]],
+    combined: FinalStats,
+) -> dict:
+    """The ``stats.json`` document.
+
+    Args:
+        config: the resolved config (recorded and fingerprinted).
+        datasets: per name, ``(FinalStats, {"fingerprint", "domain", "weight"})``.
+        combined: the mixture statistics.
+    """
+    fingerprints = {name: meta["fingerprint"] for name, (_, meta) in datasets.items()}
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "fingerprint": artifact_fingerprint(config, fingerprints),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        "config": _jsonable(config),
+        "horizon": int(horizon),
+        "quantiles": [float(q) for q in quantiles],
+        "datasets": {},
+        "combined": {"weighting": weighting, **_stats_block(combined, quantiles)},
+    }
+    for name, (final, meta) in datasets.items():
+        doc["datasets"][name] = {
+            "fingerprint": meta["fingerprint"],
+            "domain": meta.get("domain", "real"),
+            "weight": float(meta.get("weight", 1.0)),
+            **_stats_block(final, quantiles),
+        }
+    validate_artifact(doc, "<new artifact>")
+    return doc
+
+
+# -- writing --------------------------------------------------------------------------------------
+def write_artifact(out_dir: str | os.PathLike, doc: Mapping, accumulators: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``doc`` (and accumulators) to ``out_dir`` atomically; returns the stats.json path."""
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if accumulators:
+            (tmp / ACCUMULATOR_DIR).mkdir()
+            for name, blob in accumulators.items():
+                (tmp / ACCUMULATOR_DIR / f"{name}.acc").write_bytes(blob)
+        text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
+        (tmp / STATS_FILE).write_text(text + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / STATS_FILE
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing target is swapped out, then removed."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+
+
+# -- reading and validation -----------------------------------------------------------------------
+def read_artifact(path: str | os.PathLike) -> "Artifact":
+    """Read and validate an artifact (its directory or its stats.json)."""
+    p = Path(path)
+    file = p / STATS_FILE if p.is_dir() else p
+    if not file.exists():
+        raise ArtifactError(str(file), "no stats artifact here (run `stepnorm stats CONFIG --out DIR` first)")
+    try:
+        doc = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(str(file), f"not valid JSON ({exc})") from None
+    validate_artifact(doc, str(file))
+    return Artifact(doc, file)
+
+
+def validate_artifact(doc: Any, where: str) -> None:
+    """Check format, version, required keys and every array's shape; raise ArtifactError."""
+    if not isinstance(doc, dict):
+        raise ArtifactError(where, "artifact is not a JSON object")
+    if doc.get("format") != FORMAT:
+        raise ArtifactError(where, f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("version") != VERSION:
+        raise ArtifactError(where, f"version {doc.get('version')!r} is not supported (this stepnorm reads {VERSION})")
+    for key in ("fingerprint", "horizon", "quantiles", "datasets", "combined", "config"):
+        if key not in doc:
+            raise ArtifactError(where, f"missing key {key!r}")
+    horizon = doc["horizon"]
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ArtifactError(where, f"horizon must be a positive integer, got {horizon!r}")
+    try:
+        qkeys = [quantile_key(q) for q in doc["quantiles"]]
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(where, f"bad quantiles {doc['quantiles']!r}: {exc}") from None
+    fields = BASE_FIELDS + tuple(qkeys)
+    dims: dict[str, int] = {}
+    blocks = {f"datasets.{n}": b for n, b in doc["datasets"].items()}
+    blocks["combined"] = doc["combined"]
+    if not doc["datasets"]:
+        raise ArtifactError(where, "artifact has no datasets")
+    for bname, block in blocks.items():
+        if not isinstance(block, dict):
+            raise ArtifactError(where, f"{bname} is not an object")
+        for key, kinds in (("action", ("global", "per_timestep", "pooled")), ("state", ("global",))):
+            if key not in block:
+                continue
+            for kind in kinds:
+                stats = block[key].get(kind) if isinstance(block[key], dict) else None
+                if not isinstance(stats, dict):
+                    raise ArtifactError(where, f"{bname}.{key}.{kind} is missing")
+                lead = (horizon,) if kind == "per_timestep" else ()
+                for field in fields:
+                    if field not in stats:
+                        raise ArtifactError(where, f"{bname}.{key}.{kind} has no {field!r}")
+                    shape = _shape(stats[field], f"{where}: {bname}.{key}.{kind}.{field}")
+                    if field == "count":
+                        if shape != lead:
+                            raise ArtifactError(where, f"{bname}.{key}.{kind}.count has shape {list(shape)}, expected {list(lead)}")
+                        continue
+                    if len(shape) != len(lead) + 1 or shape[: len(lead)] != lead:
+                        raise ArtifactError(
+                            where, f"{bname}.{key}.{kind}.{field} has shape {list(shape)}, expected {list(lead) + ['D']}"
+                        )
+                    if dims.setdefault(key, shape[-1]) != shape[-1]:
+                        raise ArtifactError(
+                            where, f"{bname}.{key}.{kind}.{field} has {shape[-1]} dims, elsewhere {dims[key]}"
+                        )
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    try:
+        arr = np.asarray(_nan(value), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArtifactError(where, "is not a rectangular numeric array") from None
+    return arr.shape
+
+
+def _nan(value: Any) -> Any:
+    if value is None:
+        return np.nan
+    if isinstance(value, list):
+        return [_nan(v) for v in value]
+    return value
+
+
+class Artifact:
+    """A validated stats artifact."""
+
+    def __init__(self, doc: dict, path: Path | None = None):
+        self.doc = doc
+        self.path = path
+
+    @property
+    def directory(self) -> Path | None:
+        return self.path.parent if self.path else None
+
+    @property
+    def horizon(self) -> int:
+        return int(self.doc["horizon"])
+
+    @property
+    def quantiles(self) -> list[float]:
+        return list(self.doc["quantiles"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.doc["fingerprint"]
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(self.doc["datasets"])
+
+    def block(self, dataset: str | None = None) -> dict:
+        """The ``combined`` block, or one dataset's."""
+        if dataset is None:
+            return self.doc["combined"]
+        if dataset not in self.doc["datasets"]:
+            raise ArtifactError(str(self.path), f"no dataset {dataset!r} (have {self.dataset_names})")
+        return self.doc["datasets"][dataset]
+
+    def stats(self, key: str = "action", kind: str = "global", dataset: str | None = None) -> dict[str, np.ndarray]:
+        """One STATS block as float64 arrays (null -> NaN); ``kind`` in global/per_timestep/pooled."""
+        block = self.block(dataset)
+        if key not in block or kind not in block[key]:
+            raise ArtifactError(str(self.path), f"no {key}.{kind} statistics for {dataset or 'combined'}")
+        return {f: np.asarray(_nan(v), dtype=np.float64) for f, v in block[key][kind].items()}
+
+    def accumulator_path(self, name: str) -> Path | None:
+        if self.directory is None:
+            return None
+        path = self.directory / ACCUMULATOR_DIR / f"{name}.acc"
+        return path if path.exists() else None

@@ -1,0 +1,54 @@
+"""From per-dataset accumulators to the stats artifact (the plain-function core of `stepnorm stats`)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from stepnorm.artifact import build_artifact
+from stepnorm.config import Config
+from stepnorm.errors import InputDataError
+from stepnorm.sources.base import Episode
+from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator, combine
+
+
+def accumulator_spec(cfg: Config) -> AccumulatorSpec:
+    """The accumulator spec a config asks for."""
+    return AccumulatorSpec(cfg.horizon, None if cfg.delta_mask is None else tuple(cfg.delta_mask), cfg.sketch_k)
+
+
+def accumulate(cfg: Config, name: str, episodes: Iterable[Episode]) -> ChunkStatsAccumulator:
+    """One dataset's accumulator from its episodes (in-process; Beam does the same per bundle)."""
+    acc = ChunkStatsAccumulator(accumulator_spec(cfg), name)
+    for ep in episodes:
+        acc.add_episode(ep.action, ep.state, source=ep.source)
+    return acc
+
+
+def artifact_from_accumulators(cfg: Config, accumulators: Mapping[str, ChunkStatsAccumulator],
+                               fingerprints: Mapping[str, str]) -> dict:
+    """Per-dataset and combined statistics as a ``stats.json`` document.
+
+    Raises InputDataError for an empty dataset or action/state dims that differ across datasets.
+    """
+    finals, dims = {}, {}
+    for ds in cfg.datasets:
+        acc = accumulators[ds.name]
+        if acc.num_steps == 0:
+            raise InputDataError(f"{ds.path}", f"dataset {ds.name!r} has no steps (split {ds.split!r})")
+        dims[ds.name] = (acc.action_dim, acc.state_dim)
+        mask = cfg.normalization.get("action").mask if "action" in cfg.normalization else None
+        if mask is not None and len(mask) != acc.action_dim:
+            raise InputDataError(ds.path, f"normalization.action.mask has {len(mask)} entries but dataset "
+                                          f"{ds.name!r} has {acc.action_dim} action dims")
+        finals[ds.name] = acc.finalize()
+    if len(set(dims.values())) > 1:
+        listing = ", ".join(f"{n}: action {a}, state {s}" for n, (a, s) in dims.items())
+        raise InputDataError(cfg.path, f"action/state dims differ across datasets ({listing}); "
+                                       f"standardize them with transforms (select_dims)")
+    combined = combine([(finals[ds.name], ds.weight) for ds in cfg.datasets], cfg.weighting)
+    return build_artifact(
+        config=cfg.resolved(), horizon=cfg.horizon, quantiles=cfg.quantiles, weighting=cfg.weighting,
+        datasets={ds.name: (finals[ds.name], {"fingerprint": fingerprints[ds.name], "domain": ds.domain,
+                                              "weight": ds.weight}) for ds in cfg.datasets},
+        combined=combined,
+    )

@@ -1,0 +1,255 @@
+"""The YAML config (SPEC section 7): parsing and validation with one-line errors.
+
+Relative dataset paths are relative to the config file. Every problem raises ConfigError naming
+the config file and the key at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stepnorm.errors import ConfigError
+from stepnorm.normalize import MODES
+from stepnorm.stats.combine import WEIGHTINGS, quantile_key
+from stepnorm.stats.sketch import DEFAULT_SKETCH_K
+
+IMAGE_INPUTS = ("uint8", "float01", "float_minus1_1", "float_minus05_05", "imagenet")
+FORMATS = ("rlds", "lerobot")
+DOMAINS = ("real", "sim")
+NORMALIZE_WITH = ("combined", "per_dataset")
+
+
+@dataclass
+class NormSpec:
+    """How one key is normalized."""
+
+    mode: str = "mean_std"
+    mask: list[bool] | None = None
+    clip: bool | None = None
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+    format: str
+    path: str
+    split: str = "train"
+    weight: float = 1.0
+    domain: str = "real"
+    action_key: str = "action"
+    state_key: str | None = None
+    image_keys: list[str] = field(default_factory=list)
+    gripper_dims: list[int] = field(default_factory=list)
+    position_dims: list[int] = field(default_factory=list)
+    transforms: list[dict] = field(default_factory=list)
+    max_frames: int | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return "://" in self.path
+
+
+@dataclass
+class Config:
+    horizon: int
+    datasets: list[DatasetConfig]
+    quantiles: list[float] = field(default_factory=lambda: [0.01, 0.99])
+    weighting: str = "samples"
+    delta_mask: list[bool] | None = None
+    normalization: dict[str, NormSpec] = field(default_factory=lambda: {"action": NormSpec("q01_q99")})
+    normalize_with: str = "combined"
+    model: dict[str, Any] = field(default_factory=lambda: {"image_input": "uint8"})
+    validators: dict[str, Any] = field(default_factory=dict)
+    sketch_k: int = DEFAULT_SKETCH_K
+    path: str | None = None
+
+    def resolved(self) -> dict:
+        """The config as plain data, with absolute paths (recorded in the artifact)."""
+        out = asdict(self)
+        out.pop("path")
+        return out
+
+    def statistics_config(self) -> dict:
+        """What the statistics depend on (part of every dataset's cache key)."""
+        return {"horizon": self.horizon, "quantiles": self.quantiles, "delta_mask": self.delta_mask,
+                "sketch_k": self.sketch_k}
+
+
+_TOP_KEYS = {"horizon", "quantiles", "weighting", "delta_mask", "normalization", "normalize_with", "model",
+             "datasets", "validators", "sketch_k"}
+_DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__}
+_NORM_KEYS = {"mode", "mask", "clip"}
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a config file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(str(p), "config file does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(p), f"not valid YAML{at}") from None
+    return parse_config(raw, where=str(p), base_dir=p.resolve().parent)
+
+
+def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a config mapping; ``base_dir`` resolves relative dataset paths."""
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "config must be a mapping")
+    _no_unknown(raw, _TOP_KEYS, where, "")
+    if "horizon" not in raw:
+        raise ConfigError(where, "missing required key 'horizon'")
+    horizon = _int(raw["horizon"], where, "horizon", minimum=1)
+    quantiles = raw.get("quantiles", [0.01, 0.99])
+    if not isinstance(quantiles, list) or not quantiles:
+        raise ConfigError(where, f"quantiles must be a non-empty list, got {quantiles!r}")
+    for q in quantiles:
+        try:
+            quantile_key(float(q))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(where, f"quantiles: {exc}") from None
+    quantiles = sorted({float(q) for q in quantiles})
+    weighting = raw.get("weighting", "samples")
+    _choice(weighting, WEIGHTINGS, where, "weighting")
+    delta_mask = raw.get("delta_mask")
+    if delta_mask is not None:
+        delta_mask = _bools(delta_mask, where, "delta_mask")
+    normalization = {}
+    raw_norm = raw.get("normalization", {"action": {"mode": "q01_q99"}})
+    if not isinstance(raw_norm, dict):
+        raise ConfigError(where, "normalization must be a mapping of key -> {mode, mask, clip}")
+    _no_unknown(raw_norm, {"action", "state"}, where, "normalization.")
+    for key, spec in raw_norm.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(where, f"normalization.{key} must be a mapping")
+        _no_unknown(spec, _NORM_KEYS, where, f"normalization.{key}.")
+        mode = spec.get("mode", "mean_std")
+        _choice(mode, MODES, where, f"normalization.{key}.mode")
+        mask = _bools(spec["mask"], where, f"normalization.{key}.mask") if spec.get("mask") is not None else None
+        clip = spec.get("clip")
+        if clip is not None and not isinstance(clip, bool):
+            raise ConfigError(where, f"normalization.{key}.clip must be true or false, got {clip!r}")
+        normalization[key] = NormSpec(mode, mask, clip)
+    needs_q = any(s.mode == "q01_q99" for s in normalization.values())
+    if needs_q and not {0.01, 0.99} <= set(quantiles):
+        raise ConfigError(where, "normalization mode q01_q99 needs 0.01 and 0.99 in quantiles")
+    action_mask = normalization.get("action", NormSpec()).mask
+    if delta_mask is not None and action_mask is not None and len(delta_mask) != len(action_mask):
+        raise ConfigError(
+            where, f"delta_mask has {len(delta_mask)} entries but normalization.action.mask has {len(action_mask)}"
+        )
+    normalize_with = raw.get("normalize_with", "combined")
+    _choice(normalize_with, NORMALIZE_WITH, where, "normalize_with")
+    model = raw.get("model", {}) or {}
+    if not isinstance(model, dict):
+        raise ConfigError(where, "model must be a mapping")
+    _no_unknown(model, {"image_input"}, where, "model.")
+    model = {"image_input": model.get("image_input", "uint8")}
+    _choice(model["image_input"], IMAGE_INPUTS, where, "model.image_input")
+    validators = raw.get("validators", {}) or {}
+    if not isinstance(validators, dict):
+        raise ConfigError(where, "validators must be a mapping of validator name -> thresholds")
+    sketch_k = _int(raw.get("sketch_k", DEFAULT_SKETCH_K), where, "sketch_k", minimum=8)
+    datasets = _datasets(raw.get("datasets"), where, base_dir)
+    for ds in datasets:
+        for key in ("gripper_dims",):
+            if delta_mask is not None:
+                bad = [d for d in getattr(ds, key) if d >= len(delta_mask)]
+                if bad:
+                    raise ConfigError(where, f"datasets.{ds.name}.{key} {bad} out of range for {len(delta_mask)} action dims")
+    if weighting == "mixture" and not any(ds.weight > 0 for ds in datasets):
+        raise ConfigError(where, "weighting: mixture needs at least one dataset with weight > 0")
+    return Config(horizon=horizon, datasets=datasets, quantiles=quantiles, weighting=weighting,
+                  delta_mask=delta_mask, normalization=normalization, normalize_with=normalize_with,
+                  model=model, validators=validators, sketch_k=sketch_k, path=where)
+
+
+def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(where, "datasets must be a non-empty list")
+    out, names = [], set()
+    for i, item in enumerate(raw):
+        label = f"datasets[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(where, f"{label} must be a mapping")
+        _no_unknown(item, _DATASET_KEYS, where, f"{label}.")
+        for key in ("name", "format", "path"):
+            if key not in item:
+                raise ConfigError(where, f"{label} is missing required key {key!r}")
+        name = item["name"]
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ConfigError(where, f"{label}.name must be a plain non-empty string, got {name!r}")
+        if name in names:
+            raise ConfigError(where, f"dataset name {name!r} appears twice")
+        names.add(name)
+        label = f"datasets.{name}"
+        _choice(item["format"], FORMATS, where, f"{label}.format")
+        _choice(item.get("domain", "real"), DOMAINS, where, f"{label}.domain")
+        path = str(item["path"])
+        if "://" not in path:
+            resolved = Path(path) if Path(path).is_absolute() or base_dir is None else base_dir / path
+            resolved = resolved.resolve()
+            if not resolved.exists():
+                raise ConfigError(where, f"{label}.path {path!r} does not exist (resolved to {resolved})")
+            path = str(resolved)
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(where, f"{label}.weight must be a number >= 0, got {weight!r}")
+        for key in ("action_key", "split"):
+            if key in item and (not isinstance(item[key], str) or not item[key]):
+                raise ConfigError(where, f"{label}.{key} must be a non-empty string, got {item[key]!r}")
+        state_key = item.get("state_key")
+        if state_key is not None and not isinstance(state_key, str):
+            raise ConfigError(where, f"{label}.state_key must be a string, got {state_key!r}")
+        image_keys = item.get("image_keys", []) or []
+        if not isinstance(image_keys, list) or not all(isinstance(k, str) for k in image_keys):
+            raise ConfigError(where, f"{label}.image_keys must be a list of strings")
+        dims = {}
+        for key in ("gripper_dims", "position_dims"):
+            value = item.get(key, []) or []
+            if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+                raise ConfigError(where, f"{label}.{key} must be a list of non-negative integers, got {value!r}")
+            dims[key] = value
+        transforms = item.get("transforms", []) or []
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise ConfigError(where, f"{label}.transforms must be a list of mappings")
+        max_frames = item.get("max_frames")
+        if max_frames is not None:
+            max_frames = _int(max_frames, where, f"{label}.max_frames", minimum=1)
+        out.append(DatasetConfig(
+            name=name, format=item["format"], path=path, split=item.get("split", "train"),
+            weight=float(weight), domain=item.get("domain", "real"), action_key=item.get("action_key", "action"),
+            state_key=state_key, image_keys=image_keys, transforms=transforms, max_frames=max_frames, **dims,
+        ))
+    return out
+
+
+def _no_unknown(raw: dict, allowed: set, where: str, prefix: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(where, f"unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _choice(value: Any, choices, where: str, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(where, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _int(value: Any, where: str, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(where, f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _bools(value: Any, where: str, key: str) -> list[bool]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, bool) for v in value):
+        raise ConfigError(where, f"{key} must be a non-empty list of true/false, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Exporters from the stats artifact to the formats training code loads."""

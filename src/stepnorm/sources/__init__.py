@@ -1,0 +1,1 @@
+"""Dataset readers: RLDS/TFDS and LeRobot, yielding ``Episode`` objects."""

@@ -1,0 +1,281 @@
+"""The mergeable per-(dataset, key) accumulator for action-chunk statistics.
+
+Chunk semantics (SPEC section 2): for an episode of length ``T`` the chunk at step ``t`` holds
+``A_t[k] = a_{t+k}`` for ``k < H``; entries with ``t + k >= T`` are padding and never counted.
+
+Why the accumulator never materializes chunks for plain (non-delta) dims: the valid entries at
+chunk position ``k`` over one episode are exactly the suffix ``a[k:]``. So position ``k``'s data
+over all episodes is ``tail ∪ head[k] ∪ head[k+1] ∪ ... ∪ head[H-2]``, where ``head[j]`` holds
+each episode's action at exact index ``j`` (``j < H-1``) and ``tail`` holds every action at index
+``>= H-1``. Each action is added once (``T*D`` values per episode, not ``T*H*D``), and the
+per-timestep statistics are assembled at the end by suffix merges, exactly (moments) or within
+the sketch bound (quantiles). Delta dims (``A_t[k][d] = a_{t+k}[d] - s_t[d]``) depend on both
+``t`` and ``k`` and are accumulated per chunk position from a sliding window.
+
+Batches are buffered and reduced together, so the per-episode cost is a few numpy calls and the
+per-cell loop runs once per ~1M buffered values, not per step, episode or chunk position.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from stepnorm.errors import InputDataError, NonFiniteError
+from stepnorm.stats.moments import Moments
+from stepnorm.stats.sketch import DEFAULT_SKETCH_K, SketchGrid
+
+FLUSH_VALUES = 1 << 20
+FORMAT_VERSION = 1
+
+
+class CellGroup:
+    """Moments and quantile sketches for an array of cells, fed with buffered batches."""
+
+    def __init__(self, shape: tuple[int, ...], k: int, moments: Moments | None = None, sketches: SketchGrid | None = None):
+        self.shape = tuple(shape)
+        self.moments = moments if moments is not None else Moments.empty(self.shape)
+        self.sketches = sketches if sketches is not None else SketchGrid(self.shape, k)
+        self._pending: list[np.ndarray] = []
+        self._pending_values = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Buffer ``values [N, *shape]`` (NaN = no value in that cell)."""
+        if values.shape[0] == 0:
+            return
+        self._pending.append(values)
+        self._pending_values += values.size
+        if self._pending_values >= FLUSH_VALUES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch = np.concatenate(self._pending, axis=0)
+        self._pending, self._pending_values = [], 0
+        self.moments.add_batch(batch)
+        self.sketches.update(batch)
+
+    def merge(self, other: "CellGroup") -> None:
+        self.flush()
+        other.flush()
+        self.moments.merge(other.moments)
+        self.sketches.merge(other.sketches)
+
+
+@dataclass(frozen=True)
+class AccumulatorSpec:
+    """What an accumulator computes; two accumulators merge only if their specs are equal.
+
+    Attributes:
+        horizon: chunk length ``H``.
+        delta_mask: per action dim, True where the chunk holds ``a_{t+k} - s_t`` (or None).
+        sketch_k: KLL size parameter.
+    """
+
+    horizon: int
+    delta_mask: tuple[bool, ...] | None = None
+    sketch_k: int = DEFAULT_SKETCH_K
+
+    def __post_init__(self):
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+
+
+class ChunkStatsAccumulator:
+    """Per-(dataset, key) statistics gathered from whole episodes; mergeable and serializable.
+
+    Dims ``D`` (action) and ``Ds`` (state) are fixed by the first episode with data. Use
+    ``add_episode``, ``merge``, ``to_bytes``/``from_bytes`` and ``finalize``.
+    """
+
+    def __init__(self, spec: AccumulatorSpec, name: str = "dataset"):
+        self.spec = spec
+        self.name = name
+        self.num_episodes = 0
+        self.num_steps = 0
+        self.action_dim: int | None = None
+        self.state_dim: int | None = None
+        self.groups: dict[str, CellGroup] = {}
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def delta_dims(self) -> np.ndarray:
+        mask = self.spec.delta_mask
+        return np.flatnonzero(np.asarray(mask, bool)) if mask is not None else np.zeros(0, np.int64)
+
+    @property
+    def plain_dims(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.action_dim), self.delta_dims)
+
+    def _init_layout(self, action_dim: int, state_dim: int | None) -> None:
+        spec = self.spec
+        if spec.delta_mask is not None and len(spec.delta_mask) != action_dim:
+            raise InputDataError(
+                self.name, f"delta_mask has {len(spec.delta_mask)} entries but the action has {action_dim} dims"
+            )
+        n_delta = len(self.delta_dims)
+        if n_delta and (state_dim is None or self.delta_dims.max() >= state_dim):
+            raise InputDataError(
+                self.name,
+                f"delta_mask marks action dims {self.delta_dims.tolist()} relative to the state, "
+                f"but the state has {state_dim or 0} dims",
+            )
+        self.action_dim, self.state_dim = action_dim, state_dim
+        h, k = spec.horizon, spec.sketch_k
+        n_plain = len(self.plain_dims)
+        self.groups = {
+            "head": CellGroup((h - 1, n_plain), k),
+            "tail": CellGroup((n_plain,), k),
+            "delta": CellGroup((h, n_delta), k),
+        }
+        if state_dim is not None:
+            self.groups["state"] = CellGroup((state_dim,), k)
+
+    # -- adding data --------------------------------------------------------------------------
+    def add_episode(self, action: np.ndarray, state: np.ndarray | None = None, source: str | None = None) -> None:
+        """Add one whole episode: ``action [T, D]``, ``state [T, Ds]`` (or None)."""
+        where = f"{self.name} ({source})" if source else self.name
+        action = _as_2d(action, where, "action")
+        state = None if state is None else _as_2d(state, where, "state")
+        t_len = action.shape[0]
+        if state is not None and state.shape[0] != t_len:
+            raise InputDataError(where, f"action has {t_len} steps but state has {state.shape[0]}")
+        _check_finite(action, where, "action")
+        if state is not None:
+            _check_finite(state, where, "state")
+        state_dim = None if state is None else state.shape[1]
+        if self.action_dim is None:
+            if t_len == 0:
+                self.num_episodes += 1
+                return
+            self._init_layout(action.shape[1], state_dim)
+        elif action.shape[1] != self.action_dim or state_dim != self.state_dim:
+            raise InputDataError(
+                where,
+                f"action/state dims {action.shape[1]}/{state_dim} differ from earlier episodes' "
+                f"{self.action_dim}/{self.state_dim}",
+            )
+        self.num_episodes += 1
+        self.num_steps += t_len
+        if t_len == 0:
+            return
+        h = self.spec.horizon
+        plain, delta = self.plain_dims, self.delta_dims
+        if len(plain):
+            a = action[:, plain]
+            head = np.full((1, h - 1, len(plain)), np.nan)
+            n_head = min(t_len, h - 1)
+            head[0, :n_head] = a[:n_head]
+            self.groups["head"].add(head)
+            self.groups["tail"].add(a[h - 1 :])
+        if len(delta):
+            padded = np.concatenate([action[:, delta], np.full((h - 1, len(delta)), np.nan)], axis=0)
+            window = sliding_window_view(padded, h, axis=0)  # [T, Dd, H]: window[t, d, k] = a_{t+k}
+            self.groups["delta"].add(window.transpose(0, 2, 1) - state[:, None, delta])
+        if state is not None:
+            self.groups["state"].add(state)
+
+    def merge(self, other: "ChunkStatsAccumulator") -> "ChunkStatsAccumulator":
+        """Merge ``other`` into self (associative, commutative); returns self."""
+        if other.spec != self.spec:
+            raise ValueError(f"cannot merge accumulators with different specs: {self.spec} vs {other.spec}")
+        self.num_episodes += other.num_episodes
+        self.num_steps += other.num_steps
+        if other.action_dim is None:
+            return self
+        if self.action_dim is None:
+            self.action_dim, self.state_dim = other.action_dim, other.state_dim
+            self.groups = {key: _copy_group(g) for key, g in other.groups.items()}
+            return self
+        if (other.action_dim, other.state_dim) != (self.action_dim, self.state_dim):
+            raise InputDataError(
+                self.name,
+                f"cannot merge statistics of action/state dims {other.action_dim}/{other.state_dim} "
+                f"into {self.action_dim}/{self.state_dim}",
+            )
+        for key, group in self.groups.items():
+            group.merge(other.groups[key])
+        return self
+
+    def flush(self) -> None:
+        for group in self.groups.values():
+            group.flush()
+
+    # -- serialization ------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """A self-contained binary form (npz; no pickle)."""
+        self.flush()
+        arrays = {
+            "version": np.asarray(FORMAT_VERSION),
+            "horizon": np.asarray(self.spec.horizon),
+            "sketch_k": np.asarray(self.spec.sketch_k),
+            "delta_mask": np.asarray(self.spec.delta_mask if self.spec.delta_mask is not None else [], bool),
+            "has_delta_mask": np.asarray(self.spec.delta_mask is not None),
+            "counts": np.asarray([self.num_episodes, self.num_steps], np.int64),
+            "dims": np.asarray([-1 if self.action_dim is None else self.action_dim,
+                                -1 if self.state_dim is None else self.state_dim], np.int64),
+            "name": np.asarray(self.name),
+        }
+        for key, group in self.groups.items():
+            for field, value in group.moments.to_arrays().items():
+                arrays[f"{key}.{field}"] = value
+            arrays[f"{key}.sketches"] = np.frombuffer(group.sketches.to_bytes(), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "ChunkStatsAccumulator":
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            if int(z["version"]) != FORMAT_VERSION:
+                raise ValueError(f"accumulator format version {int(z['version'])} is not {FORMAT_VERSION}")
+            delta_mask = tuple(bool(x) for x in z["delta_mask"]) if bool(z["has_delta_mask"]) else None
+            spec = AccumulatorSpec(int(z["horizon"]), delta_mask, int(z["sketch_k"]))
+            acc = cls(spec, str(z["name"]))
+            acc.num_episodes, acc.num_steps = (int(x) for x in z["counts"])
+            action_dim, state_dim = (int(x) for x in z["dims"])
+            if action_dim >= 0:
+                acc.action_dim, acc.state_dim = action_dim, (state_dim if state_dim >= 0 else None)
+                keys = ["head", "tail", "delta"] + (["state"] if state_dim >= 0 else [])
+                for key in keys:
+                    moments = Moments.from_arrays({f: z[f"{key}.{f}"] for f in ("n", "mean", "m2", "min", "max")})
+                    sketches = SketchGrid.from_bytes(z[f"{key}.sketches"].tobytes())
+                    acc.groups[key] = CellGroup(moments.shape, spec.sketch_k, moments, sketches)
+        return acc
+
+    # -- results ------------------------------------------------------------------------------
+    def finalize(self):
+        """The statistics as a ``FinalStats`` (see stepnorm.stats.combine)."""
+        from stepnorm.stats.combine import FinalStats
+
+        return FinalStats.from_accumulator(self)
+
+
+def _copy_group(group: CellGroup) -> CellGroup:
+    group.flush()
+    return CellGroup(group.shape, group.sketches.k, group.moments.copy(), SketchGrid.from_bytes(group.sketches.to_bytes()))
+
+
+def _as_2d(x: np.ndarray, where: str, key: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise InputDataError(where, f"{key} must be [T, D], got shape {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise InputDataError(where, f"{key} has non-numeric dtype {x.dtype}")
+    return x.astype(np.float64, copy=False)
+
+
+def _check_finite(x: np.ndarray, where: str, key: str) -> None:
+    finite = np.isfinite(x)
+    if not finite.all():
+        step, dim = (int(i) for i in np.argwhere(~finite)[0])
+        bad_dims = np.flatnonzero(~finite.all(axis=0)).tolist()
+        raise NonFiniteError(
+            where, f"{key} dim {dim} holds {x[step, dim]} at step {step} (non-finite values in dims {bad_dims})"
+        )

@@ -1,0 +1,18 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("STEPNORM_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data/real (third-party datasets); tests using it skip when it is absent."""
+    if not REAL_DATA.exists():
+        pytest.skip(f"real datasets not found at {REAL_DATA} (set STEPNORM_REAL_DATA); generated-data tests cover every feature")
+    return REAL_DATA

@@ -1,0 +1,71 @@
+"""Independent reference implementations for tests: materialize every valid chunk entry with
+plain loops, then two-pass float64 moments and exact empirical quantile ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+RANK_TOL = 0.002
+
+
+def chunk_entries(episodes, horizon, delta_mask=None):
+    """Per chunk position k, the ``[n_k, D]`` array of valid entries ``A_t[k]`` (loops, no tricks)."""
+    per_k = [[] for _ in range(horizon)]
+    for action, state in episodes:
+        action = np.asarray(action, np.float64)
+        t_len = len(action)
+        for t in range(t_len):
+            for k in range(horizon):
+                if t + k >= t_len:
+                    continue
+                entry = action[t + k].copy()
+                if delta_mask is not None:
+                    for d, on in enumerate(delta_mask):
+                        if on:
+                            entry[d] -= float(state[t][d])
+                per_k[k].append(entry)
+    dim = np.asarray(episodes[0][0]).shape[1]
+    return [np.asarray(rows, np.float64).reshape(-1, dim) for rows in per_k]
+
+
+def two_pass(values):
+    """``(count, mean, population std, min, max)`` over axis 0, float64 two-pass."""
+    values = np.asarray(values, np.float64)
+    n = len(values)
+    mean = values.sum(axis=0) / n
+    std = np.sqrt(((values - mean) ** 2).sum(axis=0) / n)
+    return n, mean, std, values.min(axis=0), values.max(axis=0)
+
+
+def rank_error(values, reported, q, weights=None):
+    """Distance of ``q`` from the empirical rank interval of ``reported`` among ``values``.
+
+    With ties, a value's rank is an interval [P(X < v), P(X <= v)]; 0 when q lies inside it.
+    ``weights`` gives each value a probability mass (mixture weighting).
+    """
+    values = np.asarray(values, np.float64)
+    w = np.ones(len(values)) if weights is None else np.asarray(weights, np.float64)
+    w = w / w.sum()
+    lo = w[values < reported].sum()
+    hi = w[values <= reported].sum()
+    if lo - 1e-12 <= q <= hi + 1e-12:
+        return 0.0
+    return float(min(abs(lo - q), abs(hi - q)))
+
+
+def assert_stats_match(stats, values, quantiles, rtol=1e-9, tol=RANK_TOL, label=""):
+    """Check one STATS block (arrays ``[D]``) against the data ``values [n, D]``."""
+    n, mean, std, vmin, vmax = two_pass(values)
+    assert int(stats["count"]) == n, f"{label}: count {stats['count']} != {n}"
+    np.testing.assert_allclose(stats["mean"], mean, rtol=rtol, atol=rtol * std.max(), err_msg=f"{label} mean")
+    np.testing.assert_allclose(stats["std"], std, rtol=rtol, atol=1e-300, err_msg=f"{label} std")
+    np.testing.assert_array_equal(stats["min"], vmin, err_msg=f"{label} min")
+    np.testing.assert_array_equal(stats["max"], vmax, err_msg=f"{label} max")
+    worst = 0.0
+    for q in quantiles:
+        key = f"q{int(round(q * 100)):02d}"
+        for d in range(values.shape[1]):
+            err = rank_error(values[:, d], stats[key][d], q)
+            worst = max(worst, err)
+            assert err <= tol, f"{label} {key} dim {d}: rank error {err} > {tol}"
+    return worst

@@ -1,0 +1,100 @@
+"""Property tests: any split of the episodes, merged in any order, gives the same statistics."""
+
+import numpy as np
+from gen import make_episodes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import chunk_entries, rank_error
+
+from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator
+
+Q = [0.01, 0.5, 0.99]
+SPEC = AccumulatorSpec(5, (True, False, False))
+EPISODES = make_episodes(seed=21, n=40, dim=3, state_dim=3, min_len=1, max_len=40, heavy=True)
+WHOLE = ChunkStatsAccumulator(SPEC, "p")
+for _a, _s in EPISODES:
+    WHOLE.add_episode(_a, _s)
+WHOLE_OUT = WHOLE.finalize().to_dict(Q)
+PER_K = chunk_entries(EPISODES, 5, SPEC.delta_mask)
+
+
+def _accumulate(indices):
+    acc = ChunkStatsAccumulator(SPEC, "p")
+    for i in indices:
+        acc.add_episode(*EPISODES[i])
+    return acc
+
+
+@st.composite
+def splits(draw):
+    """A partition of the episodes into parts (some possibly empty) and a merge order."""
+    n_parts = draw(st.integers(1, 6))
+    labels = draw(st.lists(st.integers(0, n_parts - 1), min_size=len(EPISODES), max_size=len(EPISODES)))
+    parts = [[i for i, lab in enumerate(labels) if lab == p] for p in range(n_parts)]
+    order = draw(st.permutations(range(n_parts)))
+    tree = draw(st.booleans())
+    return parts, order, tree
+
+
+def _close(a, b, rtol=1e-12):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    both_nan = np.isnan(a) & np.isnan(b)
+    scale = np.maximum(np.abs(b), 1e-300)
+    assert (both_nan | (np.abs(a - b) <= rtol * scale + 1e-15)).all(), (a, b)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(splits())
+def test_any_split_any_order_same_moments_and_quantiles_within_bound(split):
+    parts, order, tree = split
+    accs = [_accumulate(parts[p]) for p in order]
+    if tree:  # pairwise tree merge, through serialized bytes
+        while len(accs) > 1:
+            nxt = []
+            for i in range(0, len(accs), 2):
+                left = ChunkStatsAccumulator.from_bytes(accs[i].to_bytes())
+                nxt.append(left.merge(accs[i + 1]) if i + 1 < len(accs) else left)
+            accs = nxt
+        total = accs[0]
+    else:
+        total = accs[0]
+        for acc in accs[1:]:
+            total.merge(acc)
+    out = total.finalize().to_dict(Q)
+    assert out["num_episodes"] == len(EPISODES)
+    for kind in ("global", "per_timestep", "pooled"):
+        got, ref = out["action"][kind], WHOLE_OUT["action"][kind]
+        np.testing.assert_array_equal(got["count"], ref["count"])
+        _close(got["mean"], ref["mean"])
+        _close(got["std"], ref["std"])
+        np.testing.assert_array_equal(got["min"], ref["min"])
+        np.testing.assert_array_equal(got["max"], ref["max"])
+    pt = out["action"]["per_timestep"]
+    for k in range(5):
+        if len(PER_K[k]) == 0:
+            continue
+        for d in range(3):
+            for q in Q:
+                assert rank_error(PER_K[k][:, d], pt[f"q{int(round(q * 100)):02d}"][k, d], q) <= 0.002
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(0, len(EPISODES) - 1), min_size=0, max_size=12))
+def test_serialization_round_trip(indices):
+    acc = _accumulate(indices)
+    back = ChunkStatsAccumulator.from_bytes(acc.to_bytes())
+    assert back.to_bytes() == acc.to_bytes()
+    assert (back.num_episodes, back.num_steps, back.action_dim, back.state_dim) == (
+        acc.num_episodes, acc.num_steps, acc.action_dim, acc.state_dim)
+    a, b = acc.finalize().to_dict(Q), back.finalize().to_dict(Q)
+    if indices:
+        for kind in ("global", "per_timestep", "pooled"):
+            for field in a["action"][kind]:
+                np.testing.assert_array_equal(a["action"][kind][field], b["action"][kind][field])
+
+
+def test_merge_with_empty_is_identity():
+    empty = ChunkStatsAccumulator(SPEC, "p")
+    merged = ChunkStatsAccumulator(SPEC, "p").merge(empty).merge(_accumulate(range(len(EPISODES)))).merge(empty)
+    out = merged.finalize().to_dict(Q)
+    _close(out["action"]["per_timestep"]["std"], WHOLE_OUT["action"]["per_timestep"]["std"])

@@ -1,0 +1,1 @@
+"""Sim-to-real validators and the training gate (installed as ``stepnorm.validators``)."""
