@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m stepnorm.demo --out demo_out
+	$(BIN)/stepnorm sample demo_out/sample
+	$(BIN)/stepnorm stats demo_out/sample/config.yaml --out demo_out/stats
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

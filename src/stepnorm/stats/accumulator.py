@@ -228,6 +228,10 @@ class ChunkStatsAccumulator:
         np.savez(buf, **arrays)
         return buf.getvalue()
 
+    def __reduce__(self):
+        # Beam pickles accumulators between stages; the sketches are C++ objects, so go through bytes.
+        return (ChunkStatsAccumulator.from_bytes, (self.to_bytes(),))
+
     @classmethod
     def from_bytes(cls, blob: bytes) -> "ChunkStatsAccumulator":
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:

@@ -1,0 +1,215 @@
+"""The Beam statistics pipeline: episodes -> per-dataset accumulators -> mixture -> artifact.
+
+Read tasks (RLDS shard reads, LeRobot datasets) are spread over workers; each task's episodes go
+into a ``CombinePerKey`` around the core accumulator, so Beam combines per bundle and across
+workers. Datasets whose fingerprint matches a cached accumulator are not read at all.
+
+Runs with Beam's local FnApiRunner unless ``--runner`` is given (the default DirectRunner would
+first try to download a Prism binary); ``--direct_running_mode multi_processing
+--direct_num_workers 2`` runs the same pipeline on two processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from stepnorm.artifact import ACCUMULATOR_DIR, STATS_FILE, write_artifact
+from stepnorm.compute import accumulator_spec, artifact_from_accumulators
+from stepnorm.config import Config
+from stepnorm.errors import InputDataError, StepnormError
+from stepnorm.sources import ReadTask, dataset_fingerprint, read_task, read_tasks
+from stepnorm.stats import ChunkStatsAccumulator
+
+
+def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, object | None]:
+    """Beam options from pass-through args, and the runner to use (FnApiRunner by default)."""
+    options = PipelineOptions(list(beam_args))
+    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        return options, None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return options, FnApiRunner()
+
+
+class _Progress:
+    """Episodes and steps per second on stderr, for local runs (one line per worker process)."""
+
+    def __init__(self, label: str):
+        self.label, self.episodes, self.steps = label, 0, 0
+        self.start = self.last = time.monotonic()
+        self.enabled = sys.stderr.isatty() or os.environ.get("STEPNORM_PROGRESS") == "1"
+
+    def update(self, steps: int) -> None:
+        self.episodes += 1
+        self.steps += steps
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 2.0:
+            self.last = now
+            rate = max(now - self.start, 1e-9)
+            print(f"  [{self.label} pid {os.getpid()}] {self.episodes} episodes, {self.steps} steps "
+                  f"({self.episodes / rate:.0f} ep/s, {self.steps / rate:.0f} steps/s)", file=sys.stderr, flush=True)
+
+
+class ReadEpisodesFn(beam.DoFn):
+    """ReadTask -> (dataset name, Episode), with transforms applied."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.by_name = {ds.name: ds for ds in cfg.datasets}
+
+    def setup(self):
+        self.progress = _Progress("stats")
+        self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
+
+    def process(self, task: ReadTask):
+        for episode in read_task(self.by_name[task.dataset], task):
+            self.progress.update(episode.length)
+            self.episodes_counter.inc()
+            yield task.dataset, episode
+
+
+class AccumulateFn(beam.CombineFn):
+    """Beam CombineFn around ``ChunkStatsAccumulator``: create/add/merge/extract."""
+
+    def __init__(self, cfg: Config):
+        self.spec = accumulator_spec(cfg)
+
+    def create_accumulator(self):
+        return ChunkStatsAccumulator(self.spec)
+
+    def add_input(self, acc, episode):
+        acc.name = episode.dataset
+        acc.add_episode(episode.action, episode.state, source=episode.source)
+        return acc
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        first = next(accumulators)
+        for acc in accumulators:
+            if acc.name != "dataset":
+                first.name = acc.name
+            first.merge(acc)
+        return first
+
+    def compact(self, acc):
+        acc.flush()
+        return acc
+
+    def extract_output(self, acc):
+        return acc.to_bytes()
+
+
+def _write_blob(item, staging: str):
+    name, blob = item
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(f"{staging}/{name}.acc") as handle:
+        handle.write(blob)
+    return name
+
+
+@dataclass
+class StatsResult:
+    stats_path: Path
+    status: dict[str, str]  # dataset -> "reused" | "computed"
+    seconds: float
+
+
+def compute_accumulators(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, ChunkStatsAccumulator]:
+    """Run the Beam pipeline over ``names`` and return their accumulators."""
+    by_name = {ds.name: ds for ds in cfg.datasets}
+    tasks = [t for name in names for t in read_tasks(by_name[name])]
+    staging = str(staging_root / f".stepnorm-staging-{uuid.uuid4().hex}")
+    os.makedirs(staging)
+    options, runner = make_pipeline_options(beam_args)
+    try:
+        try:
+            with beam.Pipeline(runner=runner, options=options) as p:
+                _ = (
+                    p
+                    | "Tasks" >> beam.Create(tasks)
+                    | "Spread" >> beam.Reshuffle()
+                    | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
+                    | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
+                    | "Stage" >> beam.Map(_write_blob, staging)
+                )
+        except StepnormError:
+            raise
+        except Exception as exc:  # Beam wraps worker exceptions; surface ours as one line
+            inner = _find_stepnorm_error(exc)
+            if inner is not None:
+                raise inner from None
+            raise
+        out = {}
+        for name in names:
+            path = Path(staging) / f"{name}.acc"
+            if not path.exists():
+                raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
+            out[name] = ChunkStatsAccumulator.from_bytes(path.read_bytes())
+        return out
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:
+    """Beam re-raises worker errors wrapped (sometimes only as text); recover the original."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StepnormError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = (), force: bool = False,
+              log=print) -> StatsResult:
+    """Compute (or reuse) every dataset's accumulator and write the artifact to ``out_dir``."""
+    t0 = time.monotonic()
+    out = Path(out_dir).resolve()
+    fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
+    cached, status = {}, {}
+    for ds in cfg.datasets:
+        path = out / ACCUMULATOR_DIR / f"{ds.name}-{fingerprints[ds.name]}.acc"
+        if not force and path.exists():
+            cached[ds.name] = ChunkStatsAccumulator.from_bytes(path.read_bytes())
+            status[ds.name] = "reused"
+    todo = [ds.name for ds in cfg.datasets if ds.name not in cached]
+    computed = compute_accumulators(cfg, todo, beam_args, out.parent if out.parent.exists() else Path(tempfile.gettempdir())) if todo else {}
+    for name in todo:
+        status[name] = "computed"
+    accs = {**cached, **computed}
+    _check_counts(cfg, accs, computed)
+    doc = artifact_from_accumulators(cfg, accs, fingerprints)
+    blobs = {f"{name}-{fingerprints[name]}": acc.to_bytes() for name, acc in accs.items()}
+    stats_path = write_artifact(out, doc, blobs)
+    for ds in cfg.datasets:
+        acc = accs[ds.name]
+        log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps")
+    return StatsResult(stats_path, status, time.monotonic() - t0)
+
+
+def _check_counts(cfg: Config, accs, computed) -> None:
+    """Counts in equal counts out: every episode the split selects reached the accumulator."""
+    for ds in cfg.datasets:
+        if ds.name not in computed or ds.format != "rlds":
+            continue
+        expected = sum(t.take for t in read_tasks(ds))
+        got = accs[ds.name].num_episodes
+        if got != expected:
+            raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
+
+
+__all__ = ["AccumulateFn", "ReadEpisodesFn", "StatsResult", "compute_accumulators", "make_pipeline_options",
+           "run_stats", "STATS_FILE"]

@@ -1,0 +1,85 @@
+"""`stepnorm` command line (SPEC section 7). Exit codes: 0 success, 1 gate failed, 2 usage/input error.
+
+Each subcommand lives in the module that implements it; this file only parses arguments and turns
+``StepnormError`` into one readable line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stepnorm.errors import StepnormError
+
+
+def _export(args: argparse.Namespace) -> int:
+    from stepnorm.exporters import run_export
+
+    per_timestep = {"auto": None, "on": True, "off": False}[args.per_timestep]
+    written = run_export(args.dir, args.format, args.out, dataset=args.dataset, per_timestep=per_timestep,
+                         config=args.config)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from stepnorm.config import load_config
+    from stepnorm.pipelines.stats import run_stats
+
+    cfg = load_config(args.config)
+    print(f"stepnorm stats: {len(cfg.datasets)} datasets, H={cfg.horizon}, weighting={cfg.weighting}")
+    result = run_stats(cfg, args.out, args.beam_args, force=args.force)
+    print(f"stats artifact: {result.stats_path} ({result.seconds:.1f}s)")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from stepnorm.sample import write_sample
+
+    config = write_sample(args.dir)
+    print(f"sample mixture written; config: {config}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepnorm", description="Per-timestep action-chunk statistics for robot datasets")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stats", help="per-dataset and combined statistics artifact (Beam)")
+    p.add_argument("config")
+    p.add_argument("--out", required=True, help="artifact directory")
+    p.add_argument("--force", action="store_true", help="recompute every dataset (ignore cached accumulators)")
+    p.set_defaults(func=_stats, accepts_beam_options=True)
+
+    p = sub.add_parser("sample", help="write the built-in sample mixture (two RLDS datasets) and its config")
+    p.add_argument("dir")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("export", help="export statistics for openpi, LeRobot, Octo/OpenVLA or robomimic")
+    p.add_argument("dir", help="stats artifact directory (or its stats.json)")
+    p.add_argument("--format", required=True, choices=["openpi", "lerobot", "octo", "robomimic"])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--dataset", default=None, help="one dataset's statistics instead of the combined ones")
+    p.add_argument("--per-timestep", choices=["auto", "on", "off"], default="auto",
+                   help="per-timestep action statistics (auto: on when the config has a delta_mask)")
+    p.add_argument("--config", default=None, help="refuse to export if the artifact is stale for this config")
+    p.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_beam_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
+    try:
+        return int(args.func(args) or 0)
+    except StepnormError as exc:
+        print(f"stepnorm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
