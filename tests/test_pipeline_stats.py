@@ -1,0 +1,221 @@
+"""`stepnorm stats` / `stepnorm sample` end to end: Beam pipeline, RLDS + LeRobot, cache, bad input."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from reference import assert_stats_match, chunk_entries
+
+from stepnorm.cli import main
+
+Q = [0.01, 0.5, 0.99]
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    assert main(["sample", str(out)]) == 0
+    return out
+
+
+def _copy_sample(sample_dir, tmp_path):
+    dst = tmp_path / "sample"
+    shutil.copytree(sample_dir, dst)
+    return dst
+
+
+def _tfds_reference(path, split, action_key="action", state_key=("observation", "state")):
+    """Episodes decoded by TFDS's own tf.data pipeline (independent of stepnorm's parser)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(path))
+    episodes = []
+    for ep in tfds.as_numpy(builder.as_dataset(split=split)):
+        steps = list(ep["steps"])  # nested RLDS steps come back as an iterable of step dicts
+        action = np.stack([s[action_key] for s in steps]).astype(np.float64)
+        state = np.stack([s[state_key[0]][state_key[1]] for s in steps]).astype(np.float64)
+        episodes.append((action, state))
+    return episodes
+
+
+def _stats(args, capsys=None):
+    code = main(["stats", *args])
+    return code
+
+
+def test_sample_stats_match_tfds_reference(sample_dir, tmp_path, capsys):
+    assert main(["stats", str(sample_dir / "config.yaml"), "--out", str(tmp_path / "stats")]) == 0
+    out = capsys.readouterr().out
+    assert "sim_pick" in out and "computed" in out
+    doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert set(doc["datasets"]) == {"sim_pick", "real_pick"}
+    all_eps = []
+    for name in ("sim_pick", "real_pick"):
+        eps = _tfds_reference(sample_dir / name / "1.0.0", "train")
+        all_eps += eps
+        block = doc["datasets"][name]
+        assert block["num_episodes"] == len(eps)
+        per_k = chunk_entries(eps, 8)
+        for k in (0, 3, 7):
+            got = {f: np.asarray(v[k], float) for f, v in block["action"]["per_timestep"].items()}
+            assert_stats_match(got, per_k[k], Q, label=f"{name} k={k}")
+    per_k = chunk_entries(all_eps, 8)
+    got = {f: np.asarray(v[5], float) for f, v in doc["combined"]["action"]["per_timestep"].items()}
+    assert_stats_match(got, per_k[5], Q, label="combined k=5")
+
+
+def test_multi_processing_equals_in_process(sample_dir, tmp_path):
+    cfg = str(sample_dir / "config.yaml")
+    assert main(["stats", cfg, "--out", str(tmp_path / "a")]) == 0
+    assert main(["stats", cfg, "--out", str(tmp_path / "b"), "--direct_running_mode", "multi_processing",
+                 "--direct_num_workers", "2"]) == 0
+    a = json.loads((tmp_path / "a" / "stats.json").read_text())
+    b = json.loads((tmp_path / "b" / "stats.json").read_text())
+    assert a["fingerprint"] == b["fingerprint"]
+    for kind in ("global", "per_timestep", "pooled"):
+        for field in ("count", "mean", "std", "min", "max"):
+            np.testing.assert_allclose(np.asarray(a["combined"]["action"][kind][field], float),
+                                       np.asarray(b["combined"]["action"][kind][field], float), rtol=1e-12)
+
+
+def test_cache_reuse_and_invalidation(sample_dir, tmp_path, capsys):
+    root = _copy_sample(sample_dir, tmp_path)
+    cfg_path = root / "config.yaml"
+    out = str(tmp_path / "stats")
+
+    def run(*extra):
+        capsys.readouterr()
+        assert main(["stats", str(cfg_path), "--out", out, *extra]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return {ln.split()[0]: ln.split()[1] for ln in lines if ln.startswith("  ")}
+
+    assert run() == {"sim_pick": "computed", "real_pick": "computed"}
+    assert run() == {"sim_pick": "reused", "real_pick": "reused"}
+    # changed weights: no dataset re-read, combined statistics change
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["weighting"] = "mixture"
+    cfg["datasets"][0]["weight"] = 3.0
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert run() == {"sim_pick": "reused", "real_pick": "reused"}
+    assert json.loads((Path(out) / "stats.json").read_text())["combined"]["weighting"] == "mixture"
+    # a rewritten shard (same bytes, new mtime) changes its dataset's key
+    shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert run() == {"sim_pick": "reused", "real_pick": "computed"}
+    # a transform on one dataset
+    cfg["datasets"][1]["transforms"] = [{"name": "invert_gripper", "args": {"dim": 6, "low": 0.0, "high": 1.0}}]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert run() == {"sim_pick": "reused", "real_pick": "computed"}
+    # a new dataset: only it is read
+    cfg["datasets"].append(dict(cfg["datasets"][0], name="sim_pick_val", split="val"))
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert run() == {"sim_pick": "reused", "real_pick": "reused", "sim_pick_val": "computed"}
+    # statistics config change invalidates everything; --force recomputes everything
+    assert run("--force") == {"sim_pick": "computed", "real_pick": "computed", "sim_pick_val": "computed"}
+    cfg["horizon"] = 4
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert set(run().values()) == {"computed"}
+
+
+def _expect_error(args, capsys, pattern, out_dir):
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("stepnorm: error:"), err
+    import re
+
+    assert re.search(pattern, err[0]), err[0]
+    assert not Path(out_dir).exists()
+    assert not [p for p in Path(out_dir).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_truncated_shard(sample_dir, tmp_path, capsys):
+    root = _copy_sample(sample_dir, tmp_path)
+    shard = sorted((root / "sim_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    (tmp_path / "o").mkdir()
+    _expect_error(["stats", str(root / "config.yaml"), "--out", str(tmp_path / "o" / "stats")], capsys,
+                  r"sim_pick-train\.tfrecord.*(corrupt|truncated)", tmp_path / "o" / "stats")
+
+
+def test_corrupt_shard(sample_dir, tmp_path, capsys):
+    root = _copy_sample(sample_dir, tmp_path)
+    shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[200:260] = b"\xff" * 60
+    shard.write_bytes(bytes(data))
+    (tmp_path / "o").mkdir()
+    _expect_error(["stats", str(root / "config.yaml"), "--out", str(tmp_path / "o" / "stats")], capsys,
+                  r"real_pick-train\.tfrecord", tmp_path / "o" / "stats")
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda c: c["datasets"][0].update(action_key="actions"), r"no step feature 'actions'"),
+    (lambda c: c["datasets"][0].update(color="red"), r"config.yaml: unknown key datasets\[0\]\.color"),
+    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"mask has 2 entries.*7 action dims"),
+    (lambda c: c["datasets"][1].update(path="nowhere/1.0.0"), r"datasets.real_pick.path 'nowhere/1.0.0' does not exist"),
+    (lambda c: (c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
+        transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),
+     r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
+    (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),
+])
+def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
+    cfg = yaml.safe_load((sample_dir / "config.yaml").read_text())
+    for ds in cfg["datasets"]:
+        ds["path"] = str(sample_dir / ds["path"])
+    edit(cfg)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "o").mkdir()
+    _expect_error(["stats", str(path), "--out", str(tmp_path / "o" / "stats")], capsys, pattern, tmp_path / "o" / "stats")
+
+
+def test_empty_split_is_an_error(sample_dir, tmp_path, capsys):
+    cfg = yaml.safe_load((sample_dir / "config.yaml").read_text())
+    for ds in cfg["datasets"]:
+        ds["path"] = str(sample_dir / ds["path"])
+    cfg["datasets"][0]["split"] = "train[:0]"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "o").mkdir()
+    _expect_error(["stats", str(path), "--out", str(tmp_path / "o" / "stats")], capsys, r"sim_pick.*no (episodes|steps)",
+                  tmp_path / "o" / "stats")
+
+
+def _real_config(real_data, tmp_path, name):
+    repo = Path(__file__).resolve().parents[1]
+    src = yaml.safe_load((repo / "configs" / name).read_text())
+    for ds in src["datasets"]:
+        ds["path"] = str(real_data / Path(ds["path"]).relative_to("../../shared/data/real"))
+    return src
+
+
+def test_real_lerobot_config(real_data, tmp_path):
+    """configs/real_lerobot_so101.yaml through the pipeline: matches the direct accumulator."""
+    src = _real_config(real_data, tmp_path, "real_lerobot_so101.yaml")
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(src))
+    assert main(["stats", str(path), "--out", str(tmp_path / "stats")]) == 0
+    doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert doc["datasets"]["so101"]["num_episodes"] == 4 and doc["datasets"]["so101"]["num_steps"] == 1492
+
+
+def test_real_data_config(real_data, tmp_path):
+    """configs/real_data.yaml (Bridge RLDS, train + val) against TFDS's own decoding."""
+    src = _real_config(real_data, tmp_path, "real_data.yaml")
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(src))
+    assert main(["stats", str(path), "--out", str(tmp_path / "stats")]) == 0
+    doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    bridge = [d for d in src["datasets"] if d["format"] == "rlds"][0]
+    eps = _tfds_reference(Path(bridge["path"]), bridge["split"])
+    assert doc["datasets"][bridge["name"]]["num_episodes"] == len(eps) == 25
+    per_k = chunk_entries(eps, src["horizon"])
+    for k in range(src["horizon"]):
+        got = {f: np.asarray(v[k], float) for f, v in doc["datasets"][bridge["name"]]["action"]["per_timestep"].items()}
+        assert_stats_match(got, per_k[k], src.get("quantiles", [0.01, 0.99]), label=f"bridge k={k}")
