@@ -219,3 +219,12 @@ def test_real_data_config(real_data, tmp_path):
     for k in range(src["horizon"]):
         got = {f: np.asarray(v[k], float) for f, v in doc["datasets"][bridge["name"]]["action"]["per_timestep"].items()}
         assert_stats_match(got, per_k[k], src.get("quantiles", [0.01, 0.99]), label=f"bridge k={k}")
+
+
+def test_oxe_config_validates_without_network():
+    from stepnorm.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "oxe_magic_soup.yaml")
+    assert len(cfg.datasets) == 22 and all(ds.is_remote for ds in cfg.datasets)
+    assert cfg.weighting == "mixture" and cfg.datasets[0].weight == pytest.approx(0.54087122203)
