@@ -226,5 +226,5 @@ def test_oxe_config_validates_without_network():
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "oxe_magic_soup.yaml")
-    assert len(cfg.datasets) == 22 and all(ds.is_remote for ds in cfg.datasets)
-    assert cfg.weighting == "mixture" and cfg.datasets[0].weight == pytest.approx(0.54087122203)
+    assert len(cfg.datasets) == 11 and all(ds.is_remote for ds in cfg.datasets)
+    assert cfg.weighting == "mixture" and cfg.datasets[0].weight == pytest.approx(2.0)
