@@ -24,11 +24,12 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from stepnorm.artifact import ACCUMULATOR_DIR, STATS_FILE, write_artifact
+from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, write_artifact
 from stepnorm.compute import accumulator_spec, artifact_from_accumulators
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError, StepnormError
 from stepnorm.sources import ReadTask, dataset_fingerprint, read_task, read_tasks
+from stepnorm.samples import DatasetSample, pick_frame
 from stepnorm.stats import ChunkStatsAccumulator
 
 
@@ -73,41 +74,67 @@ class ReadEpisodesFn(beam.DoFn):
         self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
 
     def process(self, task: ReadTask):
-        for episode in read_task(self.by_name[task.dataset], task):
+        ds = self.by_name[task.dataset]
+        image_keys = ds.image_keys if ds.format == "rlds" else ()
+        for episode in read_task(ds, task, image_keys=image_keys):
             self.progress.update(episode.length)
             self.episodes_counter.inc()
+            # Only one frame per episode and camera can enter the sample: ship just that one.
+            episode.images = {k: [frames[pick_frame(ds.name, k, episode.index, len(frames))]]
+                              for k, frames in episode.images.items() if len(frames)}
             yield task.dataset, episode
 
 
+class DatasetSummary:
+    """What the pipeline keeps per dataset: the statistics accumulator and the validators' sample."""
+
+    def __init__(self, acc: ChunkStatsAccumulator, sample: DatasetSample):
+        self.acc, self.sample = acc, sample
+
+    def __reduce__(self):
+        return (DatasetSummary.from_bytes, (self.to_bytes(),))
+
+    def to_bytes(self) -> bytes:
+        a, s = self.acc.to_bytes(), self.sample.to_bytes()
+        return len(a).to_bytes(8, "little") + a + s
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "DatasetSummary":
+        n = int.from_bytes(blob[:8], "little")
+        return cls(ChunkStatsAccumulator.from_bytes(blob[8 : 8 + n]), DatasetSample.from_bytes(blob[8 + n :]))
+
+
 class AccumulateFn(beam.CombineFn):
-    """Beam CombineFn around ``ChunkStatsAccumulator``: create/add/merge/extract."""
+    """Beam CombineFn around ``ChunkStatsAccumulator`` (+ the sample): create/add/merge/extract."""
 
     def __init__(self, cfg: Config):
         self.spec = accumulator_spec(cfg)
 
     def create_accumulator(self):
-        return ChunkStatsAccumulator(self.spec)
+        return DatasetSummary(ChunkStatsAccumulator(self.spec), DatasetSample())
 
-    def add_input(self, acc, episode):
-        acc.name = episode.dataset
-        acc.add_episode(episode.action, episode.state, source=episode.source)
-        return acc
+    def add_input(self, summary, episode):
+        summary.acc.name = episode.dataset
+        summary.acc.add_episode(episode.action, episode.state, source=episode.source)
+        summary.sample.add_episode(episode.dataset, episode.index, episode.action, episode.state, episode.images)
+        return summary
 
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for acc in accumulators:
-            if acc.name != "dataset":
-                first.name = acc.name
-            first.merge(acc)
+    def merge_accumulators(self, summaries):
+        summaries = iter(summaries)
+        first = next(summaries)
+        for other in summaries:
+            if other.acc.name != "dataset":
+                first.acc.name = other.acc.name
+            first.acc.merge(other.acc)
+            first.sample.merge(other.sample)
         return first
 
-    def compact(self, acc):
-        acc.flush()
-        return acc
+    def compact(self, summary):
+        summary.acc.flush()
+        return summary
 
-    def extract_output(self, acc):
-        return acc.to_bytes()
+    def extract_output(self, summary):
+        return summary.to_bytes()
 
 
 def _write_blob(item, staging: str):
@@ -126,8 +153,8 @@ class StatsResult:
     seconds: float
 
 
-def compute_accumulators(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, ChunkStatsAccumulator]:
-    """Run the Beam pipeline over ``names`` and return their accumulators."""
+def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, DatasetSummary]:
+    """Run the Beam pipeline over ``names`` and return their accumulators and samples."""
     by_name = {ds.name: ds for ds in cfg.datasets}
     tasks = [t for name in names for t in read_tasks(by_name[name])]
     staging = str(staging_root / f".stepnorm-staging-{uuid.uuid4().hex}")
@@ -156,7 +183,7 @@ def compute_accumulators(cfg: Config, names: list[str], beam_args: Sequence[str]
             path = Path(staging) / f"{name}.acc"
             if not path.exists():
                 raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
-            out[name] = ChunkStatsAccumulator.from_bytes(path.read_bytes())
+            out[name] = DatasetSummary.from_bytes(path.read_bytes())
         return out
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -181,19 +208,24 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
     cached, status = {}, {}
     for ds in cfg.datasets:
-        path = out / ACCUMULATOR_DIR / f"{ds.name}-{fingerprints[ds.name]}.acc"
-        if not force and path.exists():
-            cached[ds.name] = ChunkStatsAccumulator.from_bytes(path.read_bytes())
+        key = f"{ds.name}-{fingerprints[ds.name]}"
+        acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
+        if not force and acc_path.exists() and sample_path.exists():
+            cached[ds.name] = DatasetSummary(ChunkStatsAccumulator.from_bytes(acc_path.read_bytes()),
+                                             DatasetSample.from_bytes(sample_path.read_bytes()))
             status[ds.name] = "reused"
     todo = [ds.name for ds in cfg.datasets if ds.name not in cached]
-    computed = compute_accumulators(cfg, todo, beam_args, out.parent if out.parent.exists() else Path(tempfile.gettempdir())) if todo else {}
+    staging_root = out.parent if out.parent.exists() else Path(tempfile.gettempdir())
+    computed = compute_summaries(cfg, todo, beam_args, staging_root) if todo else {}
     for name in todo:
         status[name] = "computed"
-    accs = {**cached, **computed}
+    summaries = {**cached, **computed}
+    accs = {name: s.acc for name, s in summaries.items()}
     _check_counts(cfg, accs, computed)
     doc = artifact_from_accumulators(cfg, accs, fingerprints)
-    blobs = {f"{name}-{fingerprints[name]}": acc.to_bytes() for name, acc in accs.items()}
-    stats_path = write_artifact(out, doc, blobs)
+    keys = {name: f"{name}-{fingerprints[name]}" for name in summaries}
+    stats_path = write_artifact(out, doc, {keys[n]: s.acc.to_bytes() for n, s in summaries.items()},
+                                {keys[n]: s.sample.to_bytes() for n, s in summaries.items()})
     for ds in cfg.datasets:
         acc = accs[ds.name]
         log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps")
@@ -211,5 +243,5 @@ def _check_counts(cfg: Config, accs, computed) -> None:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["AccumulateFn", "ReadEpisodesFn", "StatsResult", "compute_accumulators", "make_pipeline_options",
+__all__ = ["AccumulateFn", "DatasetSummary", "ReadEpisodesFn", "StatsResult", "compute_summaries", "make_pipeline_options",
            "run_stats", "STATS_FILE"]

@@ -3,7 +3,8 @@
 Layout of an artifact directory::
 
     DIR/stats.json                 the statistics (SPEC section 3), written last
-    DIR/accumulators/<name>.acc    each dataset's mergeable accumulator (incremental regeneration)
+    DIR/accumulators/<key>.acc     each dataset's mergeable accumulator (incremental regeneration)
+    DIR/samples/<key>.sample       each dataset's bottom-k step/image sample (for validators)
 
 The directory is assembled under a temporary name beside ``DIR`` and renamed into place, so a
 reader sees the old artifact or the new one, never a half-written one.
@@ -31,6 +32,7 @@ FORMAT = "stepnorm.stats"
 VERSION = 1
 STATS_FILE = "stats.json"
 ACCUMULATOR_DIR = "accumulators"
+SAMPLE_DIR = "samples"
 BASE_FIELDS = ("count", "mean", "std", "min", "max")
 
 
@@ -114,16 +116,18 @@ def build_artifact(
 
 
 # -- writing --------------------------------------------------------------------------------------
-def write_artifact(out_dir: str | os.PathLike, doc: Mapping, accumulators: Mapping[str, bytes] | None = None) -> Path:
-    """Write ``doc`` (and accumulators) to ``out_dir`` atomically; returns the stats.json path."""
+def write_artifact(out_dir: str | os.PathLike, doc: Mapping, accumulators: Mapping[str, bytes] | None = None,
+                   samples: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``doc`` (and accumulators, samples) to ``out_dir`` atomically; returns the stats.json path."""
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if accumulators:
-            (tmp / ACCUMULATOR_DIR).mkdir()
-            for name, blob in accumulators.items():
-                (tmp / ACCUMULATOR_DIR / f"{name}.acc").write_bytes(blob)
+        for sub, suffix, blobs in ((ACCUMULATOR_DIR, "acc", accumulators), (SAMPLE_DIR, "sample", samples)):
+            if blobs:
+                (tmp / sub).mkdir()
+                for name, blob in blobs.items():
+                    (tmp / sub / f"{name}.{suffix}").write_bytes(blob)
         text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
         (tmp / STATS_FILE).write_text(text + "\n")
         _replace_dir(tmp, out)
@@ -271,8 +275,19 @@ class Artifact:
             raise ArtifactError(str(self.path), f"no {key}.{kind} statistics for {dataset or 'combined'}")
         return {f: np.asarray(_nan(v), dtype=np.float64) for f, v in block[key][kind].items()}
 
-    def accumulator_path(self, name: str) -> Path | None:
-        if self.directory is None:
+    def _file(self, sub: str, name: str, suffix: str) -> Path | None:
+        if self.directory is None or name not in self.doc["datasets"]:
             return None
-        path = self.directory / ACCUMULATOR_DIR / f"{name}.acc"
+        path = self.directory / sub / f"{name}-{self.doc['datasets'][name]['fingerprint']}.{suffix}"
         return path if path.exists() else None
+
+    def accumulator_path(self, name: str) -> Path | None:
+        """The cached accumulator of dataset ``name``, if the artifact directory has it."""
+        return self._file(ACCUMULATOR_DIR, name, "acc")
+
+    def sample(self, name: str):
+        """Dataset ``name``'s ``DatasetSample`` (see stepnorm.samples), or None if absent."""
+        from stepnorm.samples import DatasetSample
+
+        path = self._file(SAMPLE_DIR, name, "sample")
+        return DatasetSample.from_bytes(path.read_bytes()) if path else None

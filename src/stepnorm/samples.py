@@ -1,0 +1,136 @@
+"""Small, mergeable, deterministic samples of each dataset, collected while the statistics are read.
+
+Validators look at raw values (gripper levels, image pixel ranges) that statistics do not keep.
+Rather than re-reading datasets, the pipeline keeps a bottom-k sample: every step gets a priority
+from a hash of (dataset, episode index, step), and a sample keeps the k steps with the smallest
+priorities. Bottom-k samples merge exactly (associative, commutative, independent of how episodes
+were split over workers) and are uniform over steps.
+
+A ``DatasetSample`` holds up to ``max_steps`` sampled steps (action ``[K, D]``, state ``[K, Ds]``)
+and, per image key, up to ``max_images`` encoded frames (bytes, never decoded here), at most one
+per episode: the images a validator sees come from as many different episodes as possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_MAX_STEPS = 4096
+DEFAULT_MAX_IMAGES = 16
+FORMAT_VERSION = 1
+
+
+def step_priorities(dataset: str, episode_index: int, length: int) -> np.ndarray:
+    """Deterministic pseudo-random priorities in [0, 1) for the steps of one episode."""
+    seed = int.from_bytes(hashlib.blake2b(f"{dataset}/{episode_index}".encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng(seed).random(length)
+
+
+def pick_frame(dataset: str, key: str, episode_index: int, length: int) -> int:
+    """The one frame of an episode that may enter the image sample (so readers ship one, not T)."""
+    return int(np.argmin(step_priorities(f"{dataset}#{key}", episode_index, length)))
+
+
+def frame_priority(dataset: str, key: str, episode_index: int) -> float:
+    """The sampling priority of an episode's chosen frame for ``key``."""
+    return float(step_priorities(f"{dataset}#{key}#episode", episode_index, 1)[0])
+
+
+@dataclass
+class DatasetSample:
+    """Bottom-k sample of one dataset's steps (and encoded frames per image key)."""
+
+    max_steps: int = DEFAULT_MAX_STEPS
+    max_images: int = DEFAULT_MAX_IMAGES
+    num_steps_seen: int = 0
+    priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    action: np.ndarray | None = None  # [K, D] float64
+    state: np.ndarray | None = None  # [K, Ds] float64
+    image_priority: dict[str, np.ndarray] = field(default_factory=dict)
+    images: dict[str, list[bytes]] = field(default_factory=dict)
+
+    def add_episode(self, dataset: str, episode_index: int, action: np.ndarray, state: np.ndarray | None = None,
+                    images: dict[str, list[bytes]] | None = None) -> None:
+        """Offer every step of an episode; keeps the ``max_steps`` lowest priorities."""
+        t_len = len(action)
+        if t_len == 0:
+            return
+        self.num_steps_seen += t_len
+        prio = step_priorities(dataset, episode_index, t_len)
+        action = np.asarray(action, np.float64).reshape(t_len, -1)
+        state = None if state is None else np.asarray(state, np.float64).reshape(t_len, -1)
+        self._merge_steps(prio, action, state)
+        for key, frames in (images or {}).items():
+            if len(frames) == 1:
+                # Already thinned by the reader (see ``pick_frame``).
+                prio = frame_priority(dataset, key, episode_index)
+                self._merge_images(key, np.asarray([prio]), list(frames))
+            elif len(frames):
+                chosen = pick_frame(dataset, key, episode_index, len(frames))
+                self._merge_images(key, np.asarray([frame_priority(dataset, key, episode_index)]), [frames[chosen]])
+
+    def _merge_steps(self, prio, action, state) -> None:
+        if self.action is None:
+            self.action = np.zeros((0, action.shape[1]))
+            self.state = None if state is None else np.zeros((0, state.shape[1]))
+        all_prio = np.concatenate([self.priority, prio])
+        keep = np.argsort(all_prio, kind="stable")[: self.max_steps]
+        self.priority = all_prio[keep]
+        self.action = np.concatenate([self.action, action])[keep]
+        if state is not None and self.state is not None:
+            self.state = np.concatenate([self.state, state])[keep]
+
+    def _merge_images(self, key, prio, frames) -> None:
+        old_p = self.image_priority.get(key, np.zeros(0))
+        old_f = self.images.get(key, [])
+        all_p = np.concatenate([old_p, prio])
+        all_f = old_f + frames
+        keep = np.argsort(all_p, kind="stable")[: self.max_images]
+        self.image_priority[key] = all_p[keep]
+        self.images[key] = [all_f[i] for i in keep]
+
+    def merge(self, other: "DatasetSample") -> "DatasetSample":
+        """Merge ``other`` into self; returns self."""
+        self.num_steps_seen += other.num_steps_seen
+        if other.action is not None and len(other.action):
+            self._merge_steps(other.priority, other.action, other.state)
+        for key, frames in other.images.items():
+            self._merge_images(key, other.image_priority[key], list(frames))
+        return self
+
+    def to_bytes(self) -> bytes:
+        arrays = {"version": np.asarray(FORMAT_VERSION), "limits": np.asarray([self.max_steps, self.max_images]),
+                  "num_steps_seen": np.asarray(self.num_steps_seen), "priority": self.priority}
+        if self.action is not None:
+            arrays["action"] = self.action
+        if self.state is not None:
+            arrays["state"] = self.state
+        for i, key in enumerate(sorted(self.images)):
+            frames = self.images[key]
+            arrays[f"image{i}.key"] = np.asarray(key)
+            arrays[f"image{i}.priority"] = self.image_priority[key]
+            arrays[f"image{i}.lengths"] = np.asarray([len(f) for f in frames], np.int64)
+            arrays[f"image{i}.data"] = np.frombuffer(b"".join(frames), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "DatasetSample":
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            max_steps, max_images = (int(x) for x in z["limits"])
+            out = cls(max_steps, max_images, int(z["num_steps_seen"]), z["priority"].copy(),
+                      z["action"].copy() if "action" in z else None, z["state"].copy() if "state" in z else None)
+            i = 0
+            while f"image{i}.key" in z:
+                key = str(z[f"image{i}.key"])
+                data = z[f"image{i}.data"].tobytes()
+                offsets = np.concatenate([[0], np.cumsum(z[f"image{i}.lengths"])])
+                out.images[key] = [data[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+                out.image_priority[key] = z[f"image{i}.priority"].copy()
+                i += 1
+        return out
