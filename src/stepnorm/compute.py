@@ -52,3 +52,11 @@ def artifact_from_accumulators(cfg: Config, accumulators: Mapping[str, ChunkStat
                                               "weight": ds.weight}) for ds in cfg.datasets},
         combined=combined,
     )
+
+
+def expected_fingerprint(cfg: Config) -> str:
+    """The fingerprint an artifact computed now from ``cfg`` and its datasets would carry (reads no data)."""
+    from stepnorm.artifact import artifact_fingerprint
+    from stepnorm.sources import dataset_fingerprint
+
+    return artifact_fingerprint(cfg.resolved(), {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets})
