@@ -1,1 +1,91 @@
-"""Exporters from the stats artifact to the formats training code loads."""
+"""Exporters from the stats artifact to the formats training code loads.
+
+``run_export`` reads and checks an artifact, then hands the selected statistics to one module per
+format: ``openpi``, ``lerobot``, ``octo`` (Octo and OpenVLA) and ``robomimic``. Each module's
+docstring documents its file layout; docs/exporting.md shows how each consumer loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+from stepnorm.artifact import Artifact, artifact_fingerprint, canonical_json, read_artifact
+from stepnorm.config import load_config
+from stepnorm.errors import ArtifactError, StaleArtifactError
+from stepnorm.exporters import lerobot, octo, openpi, robomimic
+from stepnorm.exporters._common import ExportError, ExportSource
+
+FORMATS: dict[str, ModuleType] = {"openpi": openpi, "lerobot": lerobot, "octo": octo, "robomimic": robomimic}
+
+__all__ = ["FORMATS", "ExportError", "check_consistent", "check_config", "run_export"]
+
+
+def run_export(directory: str | os.PathLike, format: str, out: str | os.PathLike, dataset: str | None = None,
+               per_timestep: bool | None = None, config: str | os.PathLike | None = None) -> list[Path]:
+    """Export an artifact's statistics for ``format`` into the directory ``out``.
+
+    Args:
+        directory: the stats artifact directory (or its stats.json).
+        format: ``openpi``, ``lerobot``, ``octo`` or ``robomimic``.
+        out: output directory (created if missing); files in it are replaced atomically.
+        dataset: one dataset's statistics instead of the combined ones.
+        per_timestep: ``[H, D]`` action statistics; None (auto) turns them on when the artifact's
+            config has a ``delta_mask`` and the format supports them (not Octo).
+        config: a config file; refuse to export when the artifact was computed with another config.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ArtifactError: missing, malformed or unknown dataset; StaleArtifactError: edited or computed
+        for another config; ExportError: null statistics or an option the format cannot honor.
+    """
+    if format not in FORMATS:
+        raise ExportError(None, f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    artifact = read_artifact(directory)
+    check_consistent(artifact)
+    if config is not None:
+        check_config(artifact, config)
+    if dataset is not None and dataset not in artifact.doc["datasets"]:
+        raise ArtifactError(str(artifact.path), f"no dataset {dataset!r} in this artifact "
+                                                f"(datasets: {', '.join(artifact.dataset_names)})")
+    module = FORMATS[format]
+    if per_timestep is None:
+        per_timestep = artifact.doc["config"].get("delta_mask") is not None and getattr(
+            module, "SUPPORTS_PER_TIMESTEP", True)
+    return module.export(ExportSource(artifact, dataset, bool(per_timestep)), Path(out))
+
+
+def check_consistent(artifact: Artifact) -> None:
+    """The recorded fingerprint must match the recorded config and dataset fingerprints.
+
+    A mismatch means the file was edited by hand (or assembled from parts) after it was computed,
+    so nothing in it can be trusted to describe the data.
+    """
+    doc = artifact.doc
+    try:
+        fingerprints = {name: ds["fingerprint"] for name, ds in doc["datasets"].items()}
+        expected = artifact_fingerprint(doc["config"], fingerprints)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(str(artifact.path), f"cannot recompute the fingerprint ({exc!r})") from None
+    if expected != doc["fingerprint"]:
+        raise StaleArtifactError(str(artifact.path), "the artifact was edited after it was computed (its fingerprint "
+                                                     "does not match its config and datasets); recompute it with "
+                                                     "`stepnorm stats`")
+
+
+def check_config(artifact: Artifact, config_path: str | os.PathLike) -> None:
+    """Raise StaleArtifactError if the artifact's recorded config differs from ``config_path``'s.
+
+    Only the config is compared here; the datasets' contents are not re-read.
+    """
+    current = json.loads(canonical_json(load_config(config_path).resolved()))
+    recorded = json.loads(canonical_json(artifact.doc["config"]))
+    differing = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+    if differing:
+        raise StaleArtifactError(str(artifact.path), f"computed with a different config than {config_path} "
+                                                     f"(differs in: {', '.join(differing)}); recompute it with "
+                                                     f"`stepnorm stats {config_path} --out DIR`")

@@ -1,0 +1,122 @@
+"""What every exporter shares: the checked view of an artifact, and atomic JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from stepnorm.artifact import Artifact
+from stepnorm.errors import StepnormError
+
+
+class ExportError(StepnormError):
+    """The statistics cannot be exported as asked (empty chunk positions, unsupported option)."""
+
+
+@dataclass
+class ExportSource:
+    """The statistics one export reads: the combined ones, or one dataset's.
+
+    Attributes:
+        artifact: the validated, self-consistent artifact.
+        dataset: a dataset name, or None for the combined (mixture) statistics.
+        per_timestep: whether ``[H, D]`` action statistics are exported.
+    """
+
+    artifact: Artifact
+    dataset: str | None
+    per_timestep: bool
+
+    @property
+    def where(self) -> str:
+        """The artifact file, for error messages."""
+        return str(self.artifact.path) if self.artifact.path else "<artifact>"
+
+    @property
+    def config(self) -> dict:
+        return self.artifact.doc["config"]
+
+    def block(self, dataset: str | None = None) -> dict:
+        """The artifact block for ``dataset`` (default: this export's selection)."""
+        return self.artifact.block(self.dataset if dataset is None else dataset)
+
+    def has(self, key: str, dataset: str | None = None) -> bool:
+        """Whether the block has statistics for ``key`` (``state`` is absent without a state key)."""
+        return key in self.block(dataset)
+
+    def stats(self, key: str, kind: str, dataset: str | None = None) -> dict[str, np.ndarray]:
+        """One STATS block as float64 arrays, refusing null entries (see ``require_finite``)."""
+        ds = self.dataset if dataset is None else dataset
+        stats = self.artifact.stats(key, kind, ds)
+        require_finite(stats, f"{key}.{kind} of " + (f"dataset {ds!r}" if ds else "combined statistics"),
+                       self.where, self.artifact.horizon, per_timestep=(kind == "per_timestep"))
+        return stats
+
+    def norm_spec(self, key: str) -> tuple[str, list[bool] | None, bool | None]:
+        """``(mode, mask, clip)`` for ``key`` from the recorded config (mean_std when unconfigured)."""
+        spec = (self.config.get("normalization") or {}).get(key) or {}
+        return spec.get("mode", "mean_std"), spec.get("mask"), spec.get("clip")
+
+
+def require_finite(stats: Mapping[str, np.ndarray], what: str, where: str, horizon: int, per_timestep: bool) -> None:
+    """Raise ExportError when a statistic is null (NaN); consumers would load it as garbage.
+
+    Per-timestep nulls are chunk positions no episode reaches (every episode is shorter than
+    ``k + 1`` steps), so the message names the horizon that would have data everywhere.
+    """
+    bad = np.zeros(np.shape(stats["mean"])[:-1], bool)
+    for field, values in stats.items():
+        if field == "count":
+            continue
+        bad |= ~np.isfinite(values).all(axis=-1)
+    if not bad.any():
+        return
+    if per_timestep:
+        positions = np.flatnonzero(bad).tolist()
+        raise ExportError(
+            where, f"{what} has no data at chunk positions {positions} of {horizon} (no episode is that long); "
+                   f"recompute the statistics with horizon <= {positions[0]}, or export with --per-timestep off")
+    raise ExportError(where, f"{what} has null entries; recompute the statistics")
+
+
+def as_list(values: np.ndarray) -> list:
+    """A numpy array as nested JSON lists (float64 values kept exactly)."""
+    return np.asarray(values).tolist()
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
+
+    A reader (or a training job started meanwhile) sees the old file or the new one, never half.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_all(out: Path, files: Mapping[str, Any], stale: tuple[str, ...] = ()) -> list[Path]:
+    """Write every ``name -> JSON object`` into ``out``; remove our own files listed in ``stale``.
+
+    Everything is built before anything is written, so an error leaves ``out`` untouched. A
+    leftover per-timestep file from an earlier export would be picked up by the consumer next to
+    fresh global statistics, so exporting without it removes it.
+    """
+    written = [write_json_atomic(out / name, obj) for name, obj in files.items()]
+    for name in stale:
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
+    return written
