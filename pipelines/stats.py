@@ -12,7 +12,6 @@ first try to download a Prism binary); ``--direct_running_mode multi_processing
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, write_artifact
 from stepnorm.compute import accumulator_spec, artifact_from_accumulators
@@ -43,23 +43,13 @@ def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, ob
     return options, FnApiRunner()
 
 
-class _Progress:
-    """Episodes and steps per second on stderr, for local runs (one line per worker process)."""
+def _progress_bar(label: str):
+    """A tqdm bar of episodes (and steps/s) on stderr for local runs; silent when not a terminal."""
+    from tqdm import tqdm
 
-    def __init__(self, label: str):
-        self.label, self.episodes, self.steps = label, 0, 0
-        self.start = self.last = time.monotonic()
-        self.enabled = sys.stderr.isatty() or os.environ.get("STEPNORM_PROGRESS") == "1"
-
-    def update(self, steps: int) -> None:
-        self.episodes += 1
-        self.steps += steps
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 2.0:
-            self.last = now
-            rate = max(now - self.start, 1e-9)
-            print(f"  [{self.label} pid {os.getpid()}] {self.episodes} episodes, {self.steps} steps "
-                  f"({self.episodes / rate:.0f} ep/s, {self.steps / rate:.0f} steps/s)", file=sys.stderr, flush=True)
+    enabled = sys.stderr.isatty() or os.environ.get("STEPNORM_PROGRESS") == "1"
+    return tqdm(desc=f"{label} (pid {os.getpid()})", unit=" episodes", file=sys.stderr, disable=not enabled,
+                mininterval=1.0, leave=False)
 
 
 class ReadEpisodesFn(beam.DoFn):
@@ -70,14 +60,21 @@ class ReadEpisodesFn(beam.DoFn):
         self.by_name = {ds.name: ds for ds in cfg.datasets}
 
     def setup(self):
-        self.progress = _Progress("stats")
+        self.progress = _progress_bar("reading")
+        self.steps, self.started = 0, time.monotonic()
         self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
+
+    def teardown(self):
+        self.progress.close()
 
     def process(self, task: ReadTask):
         ds = self.by_name[task.dataset]
         image_keys = ds.image_keys if ds.format == "rlds" else ()
         for episode in read_task(ds, task, image_keys=image_keys):
-            self.progress.update(episode.length)
+            self.steps += episode.length
+            self.progress.update(1)
+            self.progress.set_postfix_str(f"{self.steps / max(time.monotonic() - self.started, 1e-9):.0f} steps/s",
+                                          refresh=False)
             self.episodes_counter.inc()
             # Only one frame per episode and camera can enter the sample: ship just that one.
             episode.images = {k: [frames[pick_frame(ds.name, k, episode.index, len(frames))]]
@@ -139,8 +136,6 @@ class AccumulateFn(beam.CombineFn):
 
 def _write_blob(item, staging: str):
     name, blob = item
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.create(f"{staging}/{name}.acc") as handle:
         handle.write(blob)
     return name
@@ -154,12 +149,17 @@ class StatsResult:
 
 
 def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, DatasetSummary]:
-    """Run the Beam pipeline over ``names`` and return their accumulators and samples."""
+    """Run the Beam pipeline over ``names`` and return their accumulators and samples.
+
+    Workers hand their results over through files under ``--temp_location`` when it is set (it is on
+    Dataflow, where workers cannot write to the launcher's disk), else under ``staging_root``.
+    """
     by_name = {ds.name: ds for ds in cfg.datasets}
     tasks = [t for name in names for t in read_tasks(by_name[name])]
-    staging = str(staging_root / f".stepnorm-staging-{uuid.uuid4().hex}")
-    os.makedirs(staging)
     options, runner = make_pipeline_options(beam_args)
+    root = options.view_as(GoogleCloudOptions).temp_location or str(staging_root)
+    staging = FileSystems.join(root, f".stepnorm-staging-{uuid.uuid4().hex}")
+    FileSystems.mkdirs(staging)
     try:
         try:
             with beam.Pipeline(runner=runner, options=options) as p:
@@ -180,13 +180,15 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
             raise
         out = {}
         for name in names:
-            path = Path(staging) / f"{name}.acc"
-            if not path.exists():
+            path = FileSystems.join(staging, f"{name}.acc")
+            if not FileSystems.exists(path):
                 raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
-            out[name] = DatasetSummary.from_bytes(path.read_bytes())
+            with FileSystems.open(path) as handle:
+                out[name] = DatasetSummary.from_bytes(handle.read())
         return out
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if FileSystems.exists(staging):
+            FileSystems.delete([staging])
 
 
 def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:

@@ -10,7 +10,6 @@ Works on any filesystem TFDS supports (local paths, ``gs://``).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -19,7 +18,6 @@ import numpy as np
 from stepnorm.errors import ConfigError, InputDataError
 from stepnorm.sources.base import Episode
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @dataclass(frozen=True)
