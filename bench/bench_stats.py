@@ -1,0 +1,162 @@
+"""Benchmark of `stepnorm stats` against its peers on an OXE-like RLDS dataset (not a test).
+
+Every method runs in its own subprocess (wall time and that process's peak RSS), in one run:
+  (a) stepnorm        `stepnorm stats` with H=50 per-timestep statistics (local FnApiRunner, 1 worker)
+  (b) octo            Octo's method: TFDS with images left encoded (SkipDecoding), all actions and
+                      states in RAM, numpy mean/std/min/max/quantile; global statistics only
+  (c) naive-per-t     seed 000's method: stack every chunk [N, H, D] (padded by repeating the last
+                      action), numpy per timestep
+  (d) read-bytes      read every shard's bytes (the I/O floor)
+and the scenario checks of issue 3: peak memory when the dataset doubles, the incremental second
+run after adding a dataset of ~5% of the mixture, and 2 workers vs 1.
+
+Usage: python bench/bench_stats.py [--data /tmp/bench]
+Datasets come from bench/oxe_like.py (generated on first use: 1 GB, 2 GB and 0.05 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+HORIZON = 50
+
+OCTO = textwrap.dedent("""
+    import sys, numpy as np, tensorflow_datasets as tfds
+    b = tfds.builder_from_directory(sys.argv[1])
+    ds = b.as_dataset("train", decoders={"steps": tfds.decode.SkipDecoding()})
+    actions, states = [], []
+    for ep in ds.as_numpy_iterator():
+        actions.append(ep["steps"]["action"]); states.append(ep["steps"]["observation"]["state"])
+    a, s = np.concatenate(actions), np.concatenate(states)
+    out = {k: [getattr(np, f)(x, axis=0) for f in ("mean", "std", "max", "min")] for k, x in (("a", a), ("s", s))}
+    q = [np.quantile(a, q, axis=0) for q in (0.01, 0.99)]
+    print(len(actions), len(a))
+""")
+
+NAIVE = textwrap.dedent("""
+    import sys, numpy as np, tensorflow_datasets as tfds
+    H = int(sys.argv[2])
+    b = tfds.builder_from_directory(sys.argv[1])
+    ds = b.as_dataset("train", decoders={"steps": tfds.decode.SkipDecoding()})
+    chunks = []
+    for ep in ds.as_numpy_iterator():
+        a = ep["steps"]["action"]
+        idx = np.minimum(np.arange(len(a))[:, None] + np.arange(H)[None, :], len(a) - 1)
+        chunks.append(a[idx])
+    c = np.concatenate(chunks).astype(np.float64)
+    mean = np.zeros((H, c.shape[-1])); std = np.zeros_like(mean); q = np.zeros((2, H, c.shape[-1]))
+    for t in range(H):
+        mean[t] = c[:, t].mean(0); std[t] = c[:, t].std(0); q[:, t] = np.quantile(c[:, t], [0.01, 0.99], axis=0)
+    print(len(chunks), c.shape)
+""")
+
+READ_BYTES = textwrap.dedent("""
+    import sys, glob
+    n = 0
+    for f in sorted(glob.glob(sys.argv[1] + "/*.tfrecord*")):
+        with open(f, "rb") as h:
+            while chunk := h.read(1 << 24):
+                n += len(chunk)
+    print(n)
+""")
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one subprocess."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def config(paths: dict[str, Path], out: Path) -> Path:
+    cfg = {
+        "horizon": HORIZON,
+        "normalization": {"action": {"mode": "q01_q99", "mask": [True] * 6 + [False]}},
+        "datasets": [{"name": n, "format": "rlds", "path": str(p), "action_key": "action",
+                      "state_key": "observation/state", "image_keys": ["observation/image", "observation/wrist_image"],
+                      "gripper_dims": [6], "position_dims": [0, 1, 2]} for n, p in paths.items()],
+    }
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def stepnorm_stats(cfg: Path, out: Path, *extra: str) -> tuple[float, float]:
+    return run([PY, "-m", "stepnorm.cli", "stats", str(cfg), "--out", str(out), *extra])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="/tmp/bench")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    from oxe_like import write_oxe_like
+
+    data = Path(args.data)
+    big = write_oxe_like(data, 1.0, "oxe_like", 0)
+    double = write_oxe_like(data, 2.0, "oxe_like_2x", 1)
+    small = write_oxe_like(data, 0.05, "oxe_like_small", 2)
+    size = {p: sum(f.stat().st_size for f in p.glob("*.tfrecord*")) for p in (big, double, small)}
+    info = json.loads((big / "dataset_info.json").read_text())
+    shards = len(list(big.glob("*.tfrecord*")))
+    work = Path(tempfile.mkdtemp(prefix="stepnorm-bench-"))
+    try:
+        cfg1 = config({"oxe_like": big}, work / "one.yaml")
+        rows = {}
+        rows["(a) stepnorm stats, H=50 per-timestep"] = stepnorm_stats(cfg1, work / "a", "--force")
+        rows["(b) octo: TFDS, actions in RAM, numpy (global only)"] = run([PY, "-c", OCTO, str(big)])
+        rows["(c) naive per-timestep: stack chunks, numpy"] = run([PY, "-c", NAIVE, str(big), str(HORIZON)])
+        rows["(d) read the shards' bytes"] = run([PY, "-c", READ_BYTES, str(big)])
+        episodes = sum(int(x) for s in info["splits"] for x in s["shardLengths"])
+        print(f"\ndataset: {big} ({size[big] / 1e9:.2f} GB, {shards} shards, {episodes} episodes)\n")
+        base = rows["(a) stepnorm stats, H=50 per-timestep"][0]
+        print(f"{'method':56s} {'wall s':>8s} {'vs (a)':>8s} {'peak MiB':>9s}")
+        for name, (wall, rss) in rows.items():
+            print(f"{name:56s} {wall:8.1f} {wall / base:7.2f}x {rss:9.0f}")
+        a, b, c = (rows[k][0] for k in list(rows)[:3])
+        print(f"\n(a)/(b) = {a / b:.2f}   target <= 1.5 (while computing {HORIZON}x more statistics)")
+        print(f"(c)/(a) = {c / a:.2f}   target >= 5")
+
+        cfg2 = config({"oxe_like_2x": double}, work / "two.yaml")
+        wall2, rss2 = stepnorm_stats(cfg2, work / "a2", "--force")
+        rss1 = rows["(a) stepnorm stats, H=50 per-timestep"][1]
+        print(f"\npeak memory, dataset doubled ({size[double] / 1e9:.2f} GB): {rss1:.0f} -> {rss2:.0f} MiB "
+              f"(+{100 * (rss2 / rss1 - 1):.1f}%)   target <= +10%")
+
+        mix = config({"oxe_like": big, "oxe_like_small": small}, work / "mix.yaml")
+        full, _ = stepnorm_stats(mix, work / "inc", "--force")
+        stepnorm_stats(cfg1, work / "inc2", "--force")
+        shutil.copy(mix, work / "mix2.yaml")
+        inc, _ = stepnorm_stats(work / "mix2.yaml", work / "inc2")
+        share = size[small] / (size[big] + size[small])
+        print(f"incremental: full run {full:.1f}s, after adding a {100 * share:.1f}% dataset {inc:.1f}s "
+              f"({100 * inc / full:.0f}% of full)   target <= 15%")
+
+        one, _ = stepnorm_stats(cfg1, work / "w1", "--force")
+        two, _ = stepnorm_stats(cfg1, work / "w2", "--force", "--direct_running_mode", "multi_processing",
+                                "--direct_num_workers", "2")
+        print(f"workers: 1 -> {one:.1f}s, 2 -> {two:.1f}s, speed-up {one / two:.2f}x   target >= 1.6x "
+              f"({os.cpu_count()} cores)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
