@@ -2,14 +2,15 @@
 
 TFDS does the format work: ``tfds.builder_from_directory`` reads ``dataset_info.json`` and
 ``features.json``, split strings (``train``, ``val``, ``train[:90%]``) resolve to per-shard file
-instructions, TensorFlow's TFRecord reader checks framing and CRCs, and TFDS's numpy example parser
-decodes only the fields we ask for (float64 features stored as float32 come back as float64).
+instructions, and TFDS's numpy example parser decodes only the fields we ask for (float64 features
+stored as float32 come back as float64). Beam's TFRecord code reads the framing and checks CRCs.
 Works on any filesystem TFDS supports (local paths, ``gs://``).
 """
 
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -93,21 +94,32 @@ def _parser(path: str, keys: Sequence[str]):
 
 
 def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
-    """Serialized episodes of one shard read; InputDataError for a corrupt or truncated shard."""
-    import tensorflow as tf
+    """Serialized episodes of one shard read; InputDataError for a corrupt or truncated shard.
 
-    dataset = tf.data.TFRecordDataset(read.filename).skip(read.skip).take(read.take)
+    Beam's TFRecord framing (length and data CRC32C checks, google-crc32c) over Beam's filesystems
+    (local, gs://): reading statistics needs no TensorFlow at all, which saves its start-up.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
     count = 0
     try:
-        for record in dataset.as_numpy_iterator():
-            count += 1
-            yield record
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError) as exc:
-        raise InputDataError(read.filename, f"corrupt or truncated TFRecord shard after {count} records "
-                                            f"({type(exc).__name__})") from None
+        with FileSystems.open(read.filename, compression_type="uncompressed") as handle:
+            for position in range(read.skip + read.take):
+                record = _TFRecordUtil.read_record(handle)
+                if record is None:
+                    break
+                if position >= read.skip:
+                    count += 1
+                    yield record
+    except (ValueError, struct.error) as exc:
+        raise InputDataError(read.filename, f"corrupt or truncated TFRecord shard at record {read.skip + count} "
+                                            f"({str(exc).split(':')[0]})") from None
+    except OSError as exc:
+        raise InputDataError(read.filename, f"cannot read shard ({exc})") from None
     if count != read.take:
-        raise InputDataError(read.filename, f"shard holds {read.skip + count} records, dataset_info.json "
-                                            f"says at least {read.skip + read.take}")
+        raise InputDataError(read.filename, f"truncated shard: holds {read.skip + count} records, "
+                                            f"dataset_info.json says at least {read.skip + read.take}")
 
 
 def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key: str,
