@@ -164,7 +164,8 @@ def test_corrupt_shard(sample_dir, tmp_path, capsys):
      r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
     (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),
 ])
-def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
+def _edited_sample_config(sample_dir, tmp_path, edit):
+    """The sample config with absolute paths and ``edit`` applied, written to tmp_path."""
     cfg = yaml.safe_load((sample_dir / "config.yaml").read_text())
     for ds in cfg["datasets"]:
         ds["path"] = str(sample_dir / ds["path"])
@@ -172,46 +173,51 @@ def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     (tmp_path / "o").mkdir()
+    return path
+
+
+def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
+    path = _edited_sample_config(sample_dir, tmp_path, edit)
     _expect_error(["stats", str(path), "--out", str(tmp_path / "o" / "stats")], capsys, pattern, tmp_path / "o" / "stats")
 
 
 def test_empty_split_is_an_error(sample_dir, tmp_path, capsys):
-    cfg = yaml.safe_load((sample_dir / "config.yaml").read_text())
-    for ds in cfg["datasets"]:
-        ds["path"] = str(sample_dir / ds["path"])
-    cfg["datasets"][0]["split"] = "train[:0]"
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    (tmp_path / "o").mkdir()
+    path = _edited_sample_config(sample_dir, tmp_path, lambda c: c["datasets"][0].update(split="train[:0]"))
     _expect_error(["stats", str(path), "--out", str(tmp_path / "o" / "stats")], capsys, r"sim_pick.*no (episodes|steps)",
                   tmp_path / "o" / "stats")
 
 
-def _real_config(real_data, tmp_path, name):
+def _run_real_config(real_data, tmp_path, name):
+    """Run `stepnorm stats` on configs/NAME with its paths pointed at ``real_data``."""
     repo = Path(__file__).resolve().parents[1]
     src = yaml.safe_load((repo / "configs" / name).read_text())
     for ds in src["datasets"]:
         ds["path"] = str(real_data / Path(ds["path"]).relative_to("../../shared/data/real"))
-    return src
-
-
-def test_real_lerobot_config(real_data, tmp_path):
-    """configs/real_lerobot_so101.yaml through the pipeline: matches the direct accumulator."""
-    src = _real_config(real_data, tmp_path, "real_lerobot_so101.yaml")
     path = tmp_path / "real.yaml"
     path.write_text(yaml.safe_dump(src))
     assert main(["stats", str(path), "--out", str(tmp_path / "stats")]) == 0
-    doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    return src, json.loads((tmp_path / "stats" / "stats.json").read_text())
+
+
+def test_real_lerobot_config(real_data, tmp_path):
+    """configs/real_lerobot_so101.yaml (delta actions) through the pipeline equals the reference."""
+    import pyarrow.parquet as pq
+
+    src, doc = _run_real_config(real_data, tmp_path, "real_lerobot_so101.yaml")
     assert doc["datasets"]["so101"]["num_episodes"] == 4 and doc["datasets"]["so101"]["num_steps"] == 1492
+    table = pq.read_table(sorted(Path(src["datasets"][0]["path"]).glob("data/*/*.parquet"))[0]).to_pydict()
+    ep = np.asarray(table["episode_index"])
+    eps = [(np.asarray(table["action"], float)[ep == e], np.asarray(table["observation.state"], float)[ep == e])
+           for e in sorted(set(ep.tolist()))]
+    per_k = chunk_entries(eps, src["horizon"], src["delta_mask"])
+    for k in (0, src["horizon"] - 1):
+        got = {f: np.asarray(v[k], float) for f, v in doc["datasets"]["so101"]["action"]["per_timestep"].items()}
+        assert_stats_match(got, per_k[k], src["quantiles"], label=f"so101 k={k}")
 
 
 def test_real_data_config(real_data, tmp_path):
     """configs/real_data.yaml (Bridge RLDS, train + val) against TFDS's own decoding."""
-    src = _real_config(real_data, tmp_path, "real_data.yaml")
-    path = tmp_path / "real.yaml"
-    path.write_text(yaml.safe_dump(src))
-    assert main(["stats", str(path), "--out", str(tmp_path / "stats")]) == 0
-    doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    src, doc = _run_real_config(real_data, tmp_path, "real_data.yaml")
     bridge = [d for d in src["datasets"] if d["format"] == "rlds"][0]
     eps = _tfds_reference(Path(bridge["path"]), bridge["split"])
     assert doc["datasets"][bridge["name"]]["num_episodes"] == len(eps) == 25
