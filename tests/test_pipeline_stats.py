@@ -154,16 +154,6 @@ def test_corrupt_shard(sample_dir, tmp_path, capsys):
                   r"real_pick-train\.tfrecord", tmp_path / "o" / "stats")
 
 
-@pytest.mark.parametrize("edit, pattern", [
-    (lambda c: c["datasets"][0].update(action_key="actions"), r"no step feature 'actions'"),
-    (lambda c: c["datasets"][0].update(color="red"), r"config.yaml: unknown key datasets\[0\]\.color"),
-    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"mask has 2 entries.*7 action dims"),
-    (lambda c: c["datasets"][1].update(path="nowhere/1.0.0"), r"datasets.real_pick.path 'nowhere/1.0.0' does not exist"),
-    (lambda c: (c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
-        transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),
-     r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
-    (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),
-])
 def _edited_sample_config(sample_dir, tmp_path, edit):
     """The sample config with absolute paths and ``edit`` applied, written to tmp_path."""
     cfg = yaml.safe_load((sample_dir / "config.yaml").read_text())
@@ -176,6 +166,16 @@ def _edited_sample_config(sample_dir, tmp_path, edit):
     return path
 
 
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda c: c["datasets"][0].update(action_key="actions"), r"no step feature 'actions'"),
+    (lambda c: c["datasets"][0].update(color="red"), r"config.yaml: unknown key datasets\[0\]\.color"),
+    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"mask has 2 entries.*7 action dims"),
+    (lambda c: c["datasets"][1].update(path="nowhere/1.0.0"), r"datasets.real_pick.path 'nowhere/1.0.0' does not exist"),
+    (lambda c: (c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
+        transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),
+     r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
+    (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),
+])
 def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
     path = _edited_sample_config(sample_dir, tmp_path, edit)
     _expect_error(["stats", str(path), "--out", str(tmp_path / "o" / "stats")], capsys, pattern, tmp_path / "o" / "stats")
