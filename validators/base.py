@@ -2,7 +2,9 @@
 
 A validator is a function ``(ValidationContext) -> list[Finding]`` registered with ``@validator``.
 It reads the statistics artifact, the config and the samples the stats pipeline collected; it
-never reads dataset files itself.
+never reads dataset files itself (dataset metadata at most, e.g. a LeRobot ``info.json``). It
+computes metric tables and hands them to ``ctx.expect``: the findings are the table's failed
+expectations in the suite (``validators.yaml``), so thresholds are data.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from stepnorm.artifact import Artifact
+from stepnorm.artifact import Artifact, _jsonable
 from stepnorm.config import Config
 
 SEVERITIES = ("error", "warning", "info")
@@ -40,17 +42,60 @@ class Finding:
 
 @dataclass
 class ValidationContext:
-    """What validators may look at."""
+    """What validators may look at: the config, the artifact, its samples and the thresholds.
+
+    ``thresholds`` are per-validator params (the suite's defaults merged with the config's
+    ``validators:`` section). ``expect`` evaluates a metric table against the suite and records
+    it in ``tables`` for the report.
+    """
 
     cfg: Config
     artifact: Artifact
     thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suite: Any = None  # stepnorm.validators.expectations.Suite; loaded on first use
+    tables: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    _samples: dict = field(default_factory=dict, repr=False)
+    _runner: Any = field(default=None, repr=False)
 
     def sample(self, dataset: str):
-        return self.artifact.sample(dataset)
+        """The dataset's ``DatasetSample`` (cached), or None when the artifact has none."""
+        if dataset not in self._samples:
+            self._samples[dataset] = self.artifact.sample(dataset)
+        return self._samples[dataset]
 
-    def threshold(self, validator: str, name: str, default: Any) -> Any:
+    def threshold(self, validator: str, name: str, default: Any = None) -> Any:
         return self.thresholds.get(validator, {}).get(name, default)
+
+    @property
+    def runner(self):
+        """The ``ExpectationRunner`` over the suite (built on first use)."""
+        if self._runner is None:
+            from stepnorm.validators.expectations import ExpectationRunner, load_suite
+
+            if self.suite is None:
+                self.suite = load_suite(self.cfg.validators, self.cfg.path or "<config>")
+                self.thresholds = self.suite.params
+            self._runner = ExpectationRunner(self.suite)
+        return self._runner
+
+    def params(self, validator: str) -> dict[str, Any]:
+        """The validator's thresholds (suite defaults merged with the config's overrides)."""
+        return self.runner.suite.params[validator]
+
+    def expect(self, validator: str, table: str, rows: list[dict]) -> list[Finding]:
+        """Record ``rows`` as the validator's metric table and return its failed expectations."""
+        self.tables.setdefault(validator, {})[table] = rows
+        return self.runner.evaluate(validator, table, rows)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (sim, real) pair of datasets, in config order."""
+        sims = [d.name for d in self.cfg.datasets if d.domain == "sim"]
+        reals = [d.name for d in self.cfg.datasets if d.domain == "real"]
+        return [(s, r) for s in sims for r in reals]
+
+    def dataset(self, name: str):
+        """The dataset's config entry."""
+        return next(d for d in self.cfg.datasets if d.name == name)
 
 
 ValidatorFn = Callable[[ValidationContext], list[Finding]]
@@ -69,6 +114,8 @@ def validator(name: str) -> Callable[[ValidatorFn], ValidatorFn]:
 
 @dataclass
 class GateResult:
+    """The gate's outcome: findings, where the report went, which validators ran."""
+
     findings: list[Finding]
     report_dir: Path
     validators_run: list[str]
@@ -82,18 +129,64 @@ class GateResult:
         return 0 if self.passed else 1
 
 
-def run_gate(cfg: Config, artifact: Artifact, report_dir: str | os.PathLike) -> GateResult:
-    """Run every registered validator and write ``report.json`` into ``report_dir``."""
-    ctx = ValidationContext(cfg, artifact, dict(cfg.validators))
+def run_gate(cfg: Config, artifact: Artifact, report_dir: str | os.PathLike, *,
+             only: list[str] | None = None, html: bool = True) -> GateResult:
+    """Run every registered validator (or ``only`` those) and write ``report.json`` and ``report.html``.
+
+    Thresholds are the suite's defaults (``validators.yaml``) with the config's ``validators:``
+    overrides; a bad override raises ConfigError before anything runs.
+    """
+    from stepnorm.validators.expectations import load_suite
+
+    suite = load_suite(cfg.validators, cfg.path or "<config>")
+    ctx = ValidationContext(cfg, artifact, suite.params, suite)
+    names = list(REGISTRY) if only is None else list(only)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown validators {unknown} (registered: {list(REGISTRY)})")
     findings: list[Finding] = []
-    for name, fn in REGISTRY.items():
-        findings.extend(fn(ctx))
+    for name in names:
+        findings.extend(REGISTRY[name](ctx))
+    findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.id))
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = GateResult(findings, out, list(REGISTRY))
+    result = GateResult(findings, out, names)
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     doc = {"passed": result.passed, "artifact": str(artifact.path), "fingerprint": artifact.fingerprint,
-           "validators": result.validators_run, "findings": [asdict(f) for f in findings]}
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, out / "report.json")
+           "validators": result.validators_run, "counts": counts, "findings": [asdict(f) for f in findings],
+           "thresholds": {n: suite.params[n] for n in names if n in suite.params},
+           "expectations": ctx.runner.results, "tables": ctx.tables}
+    _write_atomic(out / "report.json", json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+    if html:
+        from stepnorm.validators.report import render_html
+
+        _write_atomic(out / "report.html", render_html(ctx, result, doc))
+    return result
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def validate(config: str | os.PathLike, report_dir: str | os.PathLike, stats_dir: str | os.PathLike | None = None,
+             beam_args=(), log=print) -> GateResult:
+    """``stepnorm validate``: load the config, read (or compute into ``REPORT/stats``) the artifact, run the gate."""
+    from stepnorm.artifact import read_artifact
+    from stepnorm.config import load_config
+
+    cfg = load_config(config)
+    if stats_dir is None:
+        from stepnorm.pipelines.stats import run_stats
+
+        stats_dir = Path(report_dir) / "stats"
+        log(f"no --stats given: computing statistics into {stats_dir}")
+        run_stats(cfg, stats_dir, beam_args, log=log)
+    result = run_gate(cfg, read_artifact(stats_dir), report_dir)
+    for f in result.findings:
+        log(f"  {f.severity:7s} {f.id}: {f.message}")
+    counts = {s: sum(f.severity == s for f in result.findings) for s in SEVERITIES}
+    log(f"gate {'passed' if result.passed else 'FAILED'}: {counts['error']} errors, {counts['warning']} warnings, "
+        f"{counts['info']} notes; report: {Path(report_dir) / 'report.html'}")
     return result

@@ -34,6 +34,12 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from stepnorm.validators.base import validate
+
+    return validate(args.config, args.report, args.stats, args.beam_args).exit_code
+
+
 def _sample(args: argparse.Namespace) -> int:
     from stepnorm.sample import write_sample
 
@@ -51,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifact directory")
     p.add_argument("--force", action="store_true", help="recompute every dataset (ignore cached accumulators)")
     p.set_defaults(func=_stats, accepts_beam_options=True)
+
+    p = sub.add_parser("validate", help="run the validators (the training gate); exit 0 pass, 1 errors found")
+    p.add_argument("config")
+    p.add_argument("--stats", default=None, help="stats artifact directory (default: compute into REPORT/stats)")
+    p.add_argument("--report", required=True, help="report directory (report.json, report.html)")
+    p.set_defaults(func=_validate, accepts_beam_options=True)
 
     p = sub.add_parser("sample", help="write the built-in sample mixture (two RLDS datasets) and its config")
     p.add_argument("dir")

@@ -1,0 +1,136 @@
+"""``stats_health``: statistics that would break normalization or training.
+
+- NaN/Inf/null anywhere in a statistics block.
+- Spreads so small against the data's extent that normalized values explode (openpi #814: a
+  mostly-constant dim has q01 == q99, and ``(x - q01) / (q99 - q01)`` reaches ~1e6), or collapse
+  to 0 under the normalizer's degenerate-dim floor while the dim still carries signal.
+- Constant dims (they normalize to 0: harmless, reported).
+- Chunk positions no episode reaches (horizon longer than every episode), and the share of
+  padded chunk entries ``1 - sum(count[k]) / (H * num_steps)``.
+- How far per-timestep statistics are from global ones:
+  ``max over k, d of max(|std_k / std - 1|, |mean_k - mean| / std)``; large gaps mean global
+  statistics mis-scale late chunk positions, so per-timestep normalization should be on.
+- Whether every dataset has its validators' sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stepnorm.normalize import DEFAULT_CLIP, DEFAULT_FLOOR
+from stepnorm.stats.combine import quantile_key
+from stepnorm.validators.base import Finding, ValidationContext, validator
+
+_KINDS = {"action": ("global", "pooled", "per_timestep"), "state": ("global",)}
+
+
+def _blocks(ctx: ValidationContext) -> list[tuple[str, str | None, bool]]:
+    """(label, dataset or None for combined, whether the normalizer uses it)."""
+    per_dataset = ctx.cfg.normalize_with == "per_dataset"
+    return [("combined", None, not per_dataset)] + [(n, n, per_dataset) for n in ctx.artifact.dataset_names]
+
+
+def _spread(st: dict, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Center and half-spread as the normalizer computes them (see stepnorm.normalize)."""
+    if mode == "mean_std":
+        return st["mean"], st["std"]
+    lo, hi = (st["min"], st["max"]) if mode == "min_max" else (st[quantile_key(0.01)], st[quantile_key(0.99)])
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+def _dim_rows(ctx: ValidationContext, label: str, dataset: str | None, used: bool, key: str) -> list[dict]:
+    spec = ctx.cfg.normalization.get(key)
+    kinds = {kind: ctx.artifact.stats(key, kind, dataset) for kind in _KINDS[key]}
+    glob = kinds["global"]
+    dim = glob["mean"].shape[-1]
+    mask = np.ones(dim, bool) if spec is None or spec.mask is None else np.asarray(spec.mask, bool)
+    non_finite = np.zeros(dim, int)
+    for kind, st in kinds.items():
+        # Per-timestep rows no episode reaches are empty by construction (reported separately).
+        valid = (st["count"] > 0)[:, None] if kind == "per_timestep" else True
+        for field, arr in st.items():
+            if field != "count":
+                non_finite += (~np.isfinite(arr) & valid).reshape(-1, dim).sum(axis=0)
+    rows = []
+    for d in range(dim):
+        row = {"datasets": [dataset] if dataset else list(ctx.artifact.dataset_names), "block": label, "key": key,
+               "dims": [d], "dim": d, "non_finite": int(non_finite[d]), "constant": 0, "spread_ratio": np.nan,
+               "mode": spec.mode if spec else "none", "where": "", "spread": np.nan, "lo": glob["min"][d],
+               "hi": glob["max"][d], "effect": "", "label": f"{label} {key} dim {d}"}
+        rows.append(row)
+        if spec is None or not used or not mask[d] or non_finite[d]:
+            continue
+        if glob["max"][d] == glob["min"][d]:
+            row["constant"] = 1
+            continue
+        clip = DEFAULT_CLIP[spec.mode] if spec.clip is None else spec.clip
+        for kind in ("global", "per_timestep"):
+            if kind not in kinds:
+                continue
+            st = kinds[kind]
+            center, spread = _spread(st, spec.mode)
+            extent = np.maximum(np.abs(st["max"] - center), np.abs(st["min"] - center))
+            if kind == "global":
+                cases = [("global", center[d], spread[d], extent[d], st["min"][d], st["max"][d])]
+            else:
+                cases = [(f"k={k}", center[k, d], spread[k, d], extent[k, d], st["min"][k, d], st["max"][k, d])
+                         for k in range(len(st["count"])) if st["count"][k] > 0 and extent[k, d] > 0]
+            for where, c, s, e, lo, hi in cases:
+                ratio = s / e if e > 0 else np.inf
+                if np.isfinite(ratio) and (np.isnan(row["spread_ratio"]) or ratio < row["spread_ratio"]):
+                    degenerate = s < DEFAULT_FLOOR * max(1.0, abs(c))
+                    effect = ("the normalizer treats it as degenerate: the whole dim becomes 0 and its signal is lost"
+                              if degenerate else f"normalized values reach +-{1 / ratio:.3g}"
+                              + (" before clipping to +-1, so everything beyond the range saturates" if clip else ""))
+                    row.update(spread_ratio=float(ratio), where=where, spread=float(s), lo=float(lo), hi=float(hi),
+                               effect=effect)
+    return rows
+
+
+def _chunk_row(ctx: ValidationContext, label: str, dataset: str | None, used: bool) -> dict:
+    pt = ctx.artifact.stats("action", "per_timestep", dataset)
+    glob = ctx.artifact.stats("action", "global", dataset)
+    block = ctx.artifact.block(dataset)
+    horizon = ctx.artifact.horizon
+    count = pt["count"]
+    num_steps = int(block.get("num_steps") or glob["count"])
+    empty = [int(k) for k in np.flatnonzero(count == 0)]
+    spec = ctx.cfg.normalization.get("action")
+    mask = np.ones(glob["mean"].shape[-1], bool) if spec is None or spec.mask is None else np.asarray(spec.mask, bool)
+    gap, gap_dim, gap_k = 0.0, None, None
+    if used:
+        std_g = glob["std"]
+        ok = mask & np.isfinite(std_g) & (std_g > DEFAULT_FLOOR * np.maximum(1.0, np.abs(glob["mean"])))
+        valid = (count > 0)[:, None] & ok[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            diff = np.maximum(np.abs(pt["std"] / std_g - 1), np.abs(pt["mean"] - glob["mean"]) / std_g)
+        diff = np.where(valid & np.isfinite(diff), diff, 0.0)
+        if diff.size and diff.max() > 0:
+            gap_k, gap_dim = (int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
+            gap = float(diff[gap_k, gap_dim])
+    # The longest episode is the largest k + 1 with data.
+    longest = int(np.flatnonzero(count > 0).max()) + 1 if np.any(count > 0) else 0
+    # For weighting: mixture the combined counts are not step counts; padding is a per-dataset fact.
+    padded = (1.0 - float(count.sum()) / (horizon * num_steps)) if num_steps and (
+        dataset is not None or ctx.cfg.weighting == "samples") else 0.0
+    return {"datasets": [dataset] if dataset else list(ctx.artifact.dataset_names), "block": label, "key": "action",
+            "dims": [], "horizon": horizon, "num_steps": num_steps, "padded_share": padded,
+            "empty_positions": len(empty) if used else 0, "empty_list": empty, "longest": longest,
+            "per_timestep_gap": gap if used else 0.0, "gap_dim": gap_dim, "gap_k": gap_k, "used": used,
+            "label": label}
+
+
+@validator("stats_health")
+def stats_health(ctx: ValidationContext) -> list[Finding]:
+    """NaN/Inf, exploding or collapsing spreads, constant dims, chunk coverage, per-timestep gap."""
+    dims, chunks = [], []
+    for label, dataset, used in _blocks(ctx):
+        block = ctx.artifact.block(dataset)
+        for key in ("action", "state"):
+            if key in block:
+                dims.extend(_dim_rows(ctx, label, dataset, used, key))
+        chunks.append(_chunk_row(ctx, label, dataset, used))
+    samples = [{"datasets": [n], "dataset": n, "key": "", "dims": [], "missing_sample": int(ctx.sample(n) is None),
+                "label": n} for n in ctx.artifact.dataset_names]
+    return (ctx.expect("stats_health", "dims", dims) + ctx.expect("stats_health", "chunks", chunks)
+            + ctx.expect("stats_health", "samples", samples))
