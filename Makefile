@@ -16,7 +16,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/stepnorm sample demo_out/sample
-	$(BIN)/stepnorm stats demo_out/sample/config.yaml --out demo_out/stats
+	@echo "--- stepnorm run: the gate catches the sample's sim/real gripper and workspace mismatch (exit 1, nothing normalized)"
+	-$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run
+	@echo "--- the same run with --force (statistics reused from the cache)"
+	$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run --force
 
 # The report test opens the HTML report in headless Chromium (Debian's package).
 browser:

@@ -68,6 +68,9 @@ def test_fingerprint_covers_config_and_datasets(tmp_path):
     cfg2 = _config(tmp_path, horizon=6)
     assert artifact_fingerprint(cfg2.resolved(), {"sim": "f" * 64, "real": "e" * 64}) != doc["fingerprint"]
     assert fingerprint({"a": 1, "b": [1.0, 2]}) == fingerprint({"b": [1.0, 2], "a": 1})
+    # gate-only sections (thresholds, model input) do not make statistics stale
+    cfg3 = _config(tmp_path, validators={"drift": {"js_threshold": 0.5}}, model={"image_input": "float01"})
+    assert artifact_fingerprint(cfg3.resolved(), {"sim": "f" * 64, "real": "e" * 64}) == doc["fingerprint"]
 
 
 def test_mixture_weighting_recorded(tmp_path):

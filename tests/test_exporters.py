@@ -401,22 +401,33 @@ def test_malformed_artifact_fails_clearly(tmp_path):
         run_export(tmp_path / "missing", "lerobot", tmp_path / "out")
 
 
-def test_artifact_from_another_config_is_stale(tmp_path):
-    (tmp_path / "data").mkdir()
-    raw = {"horizon": 6, "datasets": [{"name": "d", "format": "lerobot", "path": "data"}],
-           "normalization": {"action": {"mode": "mean_std"}}}
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(raw))
-    cfg = load_config(cfg_path)
-    acc = accumulate(cfg, "d", [Episode("d", "g", i, a, s) for i, (a, s) in enumerate(make_episodes(seed=7, n=8))])
-    write_artifact(tmp_path / "stats", artifact_from_accumulators(cfg, {"d": acc}, {"d": "a" * 64}))
+def test_artifact_stale_for_the_config_or_its_data(tmp_path):
+    import os
+
+    from stepnorm.cli import main
+
+    assert main(["sample", str(tmp_path / "s")]) == 0
+    cfg_path = tmp_path / "s" / "config.yaml"
+    assert main(["stats", str(cfg_path), "--out", str(tmp_path / "stats")]) == 0
     assert run_export(tmp_path / "stats", "openpi", tmp_path / "ok", config=cfg_path)
-    raw["horizon"] = 8
+    # gate-only edits do not make statistics stale
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["validators"] = {"drift": {"js_threshold": 0.5}}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    assert run_export(tmp_path / "stats", "openpi", tmp_path / "ok2", config=cfg_path)
+    raw["horizon"] = 4
     raw["normalization"]["action"]["mode"] = "min_max"
     cfg_path.write_text(yaml.safe_dump(raw))
-    message = r"different config than .*cfg.yaml \(differs in: horizon, normalization\)"
-    with pytest.raises(StaleArtifactError, match=message):
+    with pytest.raises(StaleArtifactError, match=r"stale for .*config.yaml \(config keys horizon, normalization"):
         run_export(tmp_path / "stats", "openpi", tmp_path / "bad", config=cfg_path)
+    raw["horizon"] = 8
+    raw["normalization"]["action"]["mode"] = "q01_q99"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    shard = sorted((tmp_path / "s" / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    with pytest.raises(StaleArtifactError, match=r"dataset real_pick changed"):
+        run_export(tmp_path / "stats", "openpi", tmp_path / "bad", config=cfg_path)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unknown_format(tmp_path):

@@ -68,3 +68,16 @@ def test_pipeline_writes_samples_with_decodable_images(tmp_path):
     assert set(np.unique(sample.action[:, 6])) <= {0.0, 1.0}
     frames = sample.images["observation/image"]
     assert len(frames) == 16 and all(f[:2] == b"\xff\xd8" for f in frames)  # JPEG, still encoded
+
+
+def test_images_stored_as_tensors_survive_as_npy():
+    from stepnorm.samples import decode_frame
+
+    frames = [np.full((4, 4, 3), v, np.float32) for v in (0.0, 0.5, 1.0)]
+    s = DatasetSample(max_images=2)
+    s.add_episode("t", 0, np.zeros((3, 1)), None, {"cam": frames})
+    s.add_episode("t", 1, np.zeros((3, 1)), None, {"cam": frames})
+    back = DatasetSample.from_bytes(s.to_bytes())
+    decoded = [decode_frame(f) for f in back.images["cam"]]
+    assert len(decoded) == 2 and all(d.dtype == np.float32 and d.shape == (4, 4, 3) for d in decoded)
+    assert decode_frame(b"\xff\xd8\xff\xe0 jpeg") is None

@@ -513,8 +513,9 @@ def test_validate_cli_on_the_sample_mixture(tmp_path, sample_dir):
     (tmp_path / "ack.yaml").write_text(yaml.safe_dump(raw))
     run = subprocess.run(cli + ["validate", str(tmp_path / "ack.yaml"), "--stats", str(tmp_path / "r" / "stats"),
                                 "--report", str(tmp_path / "r2")], capture_output=True, text=True, timeout=600)
-    # the artifact's fingerprint covers the whole config, so changed thresholds make it stale
-    assert run.returncode == 1 and "stale_stats.fingerprint_mismatch" in run.stdout
+    # thresholds and severities are gate-only: the statistics stay fresh and the acknowledged gate passes
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "stale_stats.fingerprint_mismatch" not in run.stdout
     # missing artifact: could not run
     run = subprocess.run(cli + ["validate", str(sample_dir / "config.yaml"), "--stats", str(tmp_path / "none"),
                                 "--report", str(tmp_path / "r3")], capture_output=True, text=True, timeout=600)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from stepnorm.artifact import Artifact, _jsonable
+from stepnorm.artifact import Artifact, jsonable
 from stepnorm.config import Config
 
 SEVERITIES = ("error", "warning", "info")
@@ -156,7 +156,7 @@ def run_gate(cfg: Config, artifact: Artifact, report_dir: str | os.PathLike, *,
            "validators": result.validators_run, "counts": counts, "findings": [asdict(f) for f in findings],
            "thresholds": {n: suite.params[n] for n in names if n in suite.params},
            "expectations": ctx.runner.results, "tables": ctx.tables}
-    _write_atomic(out / "report.json", json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+    _write_atomic(out / "report.json", json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
     if html:
         from stepnorm.validators.report import render_html
 

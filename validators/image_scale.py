@@ -120,11 +120,16 @@ def _decode_frames(frames: list[bytes]):
     """Decoded frames' (min, max, is_float, blank) per frame, and how many failed to decode."""
     import tensorflow as tf
 
+    from stepnorm.samples import decode_frame
+
     stats, failed = [], 0
     for blob in frames:
         try:
+            raw = decode_frame(blob)
             # decode_image would convert a 16-bit PNG to uint8: keep its real range.
-            if blob[:8] == _PNG_SIGNATURE and len(blob) > 24 and blob[24] == 16:
+            if raw is not None:
+                img = raw
+            elif blob[:8] == _PNG_SIGNATURE and len(blob) > 24 and blob[24] == 16:
                 img = tf.io.decode_png(blob, dtype=tf.uint16).numpy()
             else:
                 img = tf.io.decode_image(blob, expand_animations=False).numpy()

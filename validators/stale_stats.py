@@ -1,16 +1,14 @@
 """``stale_stats``: the artifact no longer matches the config and the datasets.
 
-The artifact's fingerprint covers the resolved config and every dataset's fingerprint (file
+The artifact's fingerprint covers the resolved config (less its gate-only sections) and every dataset's fingerprint (file
 identities, metadata, transforms, statistics config); ``expected_fingerprint`` recomputes it from
-the current config without reading data. On a mismatch, the findings name what changed: which
+the current config without reading data (``stepnorm.compute.staleness``). On a mismatch, the findings name what changed: which
 datasets, and which top-level config keys.
 """
 
 from __future__ import annotations
 
-from stepnorm.artifact import canonical_json
-from stepnorm.compute import expected_fingerprint
-from stepnorm.sources import dataset_fingerprint
+from stepnorm.compute import staleness
 from stepnorm.validators.base import Finding, ValidationContext, validator
 
 
@@ -23,25 +21,15 @@ def _row(what: str, datasets: list[str], changed: bool, detail: str) -> dict:
 def stale_stats(ctx: ValidationContext) -> list[Finding]:
     """One row per dataset (and the config): changed since the statistics were computed?"""
     cfg, art = ctx.cfg, ctx.artifact
-    stale = expected_fingerprint(cfg) != art.fingerprint
-    rows = []
-    for ds in cfg.datasets:
-        now = dataset_fingerprint(cfg, ds)
-        old = art.doc["datasets"].get(ds.name, {}).get("fingerprint")
-        if old is None:
-            rows.append(_row(f"dataset {ds.name}", [ds.name], True, "not in the artifact: added to the config"))
-        else:
-            rows.append(_row(f"dataset {ds.name}", [ds.name], old != now,
-                             f"fingerprint {old[:12]} -> {now[:12]}" if old != now else "unchanged"))
-    for name in art.dataset_names:
-        if name not in {ds.name for ds in cfg.datasets}:
-            rows.append(_row(f"dataset {name}", [name], True, "in the artifact but no longer in the config"))
-    current = cfg.resolved()
-    recorded = art.doc.get("config", {})
-    keys = sorted(k for k in set(current) | set(recorded)
-                  if canonical_json(current.get(k)) != canonical_json(recorded.get(k)))
+    found = staleness(cfg, art.doc)
+    how = {"added": "not in the artifact: added to the config",
+           "removed": "in the artifact but no longer in the config", "changed": "files, transforms or keys changed"}
+    names = [ds.name for ds in cfg.datasets] + [n for n in art.dataset_names if n not in {d.name for d in cfg.datasets}]
+    rows = [_row(f"dataset {name}", [name], name in found.datasets, how.get(found.datasets.get(name), "unchanged"))
+            for name in names]
+    keys = found.config_keys
     rows.append(_row("the config", [], bool(keys), f"keys {', '.join(keys)}" if keys else "unchanged"))
-    if stale and not any(r["changed"] for r in rows):
+    if found.stale and not any(r["changed"] for r in rows):
         rows.append(_row("the artifact fingerprint", [], True, f"{art.fingerprint[:12]} is not what this config "
                                                                f"and these datasets give"))
     return ctx.expect("stale_stats", "fingerprints", rows)

@@ -39,7 +39,7 @@ BASE_FIELDS = ("count", "mean", "std", "min", "max")
 # -- fingerprints -------------------------------------------------------------------------------
 def canonical_json(obj: Any) -> str:
     """Key-sorted, whitespace-free JSON: the same object always gives the same text."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def fingerprint(obj: Any) -> str:
@@ -47,20 +47,26 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
+# Config sections that only steer the gate: editing a threshold must not make statistics stale.
+GATE_ONLY_KEYS = ("validators", "model")
+
+
 def artifact_fingerprint(config: Mapping, dataset_fingerprints: Mapping[str, str]) -> str:
-    """The artifact's fingerprint: the resolved config plus every dataset's fingerprint."""
-    return fingerprint({"config": config, "datasets": dict(dataset_fingerprints)})
+    """The artifact's fingerprint: the resolved config (less its gate-only sections) plus every
+    dataset's fingerprint."""
+    relevant = {k: v for k, v in config.items() if k not in GATE_ONLY_KEYS}
+    return fingerprint({"config": relevant, "datasets": dict(dataset_fingerprints)})
 
 
 # -- JSON conversion ------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    """numpy -> lists; NaN/Inf -> None (strict JSON has no NaN)."""
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data from numpy values: arrays -> lists, NaN/Inf -> None (strict JSON has no NaN)."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.bool_, bool)):
         return bool(obj)
     if isinstance(obj, (np.integer,)):
@@ -72,7 +78,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _stats_block(final: FinalStats, quantiles) -> dict:
-    return _jsonable(final.to_dict(quantiles))
+    return jsonable(final.to_dict(quantiles))
 
 
 def build_artifact(
@@ -98,7 +104,7 @@ def build_artifact(
         "fingerprint": artifact_fingerprint(config, fingerprints),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool_version": __version__,
-        "config": _jsonable(config),
+        "config": jsonable(config),
         "horizon": int(horizon),
         "quantiles": [float(q) for q in quantiles],
         "datasets": {},
@@ -128,7 +134,7 @@ def write_artifact(out_dir: str | os.PathLike, doc: Mapping, accumulators: Mappi
                 (tmp / sub).mkdir()
                 for name, blob in blobs.items():
                     (tmp / sub / f"{name}.{suffix}").write_bytes(blob)
-        text = json.dumps(_jsonable(doc), indent=1, allow_nan=False)
+        text = json.dumps(jsonable(doc), indent=1, allow_nan=False)
         (tmp / STATS_FILE).write_text(text + "\n")
         _replace_dir(tmp, out)
     except BaseException:

@@ -34,6 +34,30 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _normalize(args: argparse.Namespace) -> int:
+    from stepnorm.config import load_config
+    from stepnorm.pipelines.normalize import run_normalize
+
+    cfg = load_config(args.config)
+    print(f"stepnorm normalize: {len(cfg.datasets)} datasets, H={cfg.horizon}, statistics: {cfg.normalize_with}")
+    result = run_normalize(cfg, args.stats, args.out, args.beam_args)
+    print(f"normalized datasets: {result.out_dir} ({result.seconds:.1f}s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from stepnorm.config import load_config
+    from stepnorm.pipelines.run import run_all
+
+    cfg = load_config(args.config)
+    print(f"stepnorm run: {len(cfg.datasets)} datasets, H={cfg.horizon} -> {args.out}")
+    result = run_all(cfg, args.out, args.beam_args, force=args.force)
+    print(f"stats artifact:      {result.stats_dir / 'stats.json'}")
+    print(f"report:              {result.report_dir / 'report.html'}")
+    print(f"normalized datasets: {result.normalized_dir or '(none: the gate failed)'}")
+    return result.exit_code
+
+
 def _validate(args: argparse.Namespace) -> int:
     from stepnorm.validators.base import validate
 
@@ -57,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifact directory")
     p.add_argument("--force", action="store_true", help="recompute every dataset (ignore cached accumulators)")
     p.set_defaults(func=_stats, accepts_beam_options=True)
+
+    p = sub.add_parser("normalize", help="write pre-normalized TFDS datasets (Beam)")
+    p.add_argument("config")
+    p.add_argument("--stats", required=True, help="stats artifact directory (must match the config)")
+    p.add_argument("--out", required=True, help="output directory (replaced atomically when complete)")
+    p.set_defaults(func=_normalize, accepts_beam_options=True)
+
+    p = sub.add_parser("run", help="stats, gate, normalize into OUT/{stats,report,normalized}; stops at a failed gate")
+    p.add_argument("config")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--force", action="store_true", help="normalize even when the gate fails (prints a warning)")
+    p.set_defaults(func=_run, accepts_beam_options=True)
 
     p = sub.add_parser("validate", help="run the validators (the training gate); exit 0 pass, 1 errors found")
     p.add_argument("config")

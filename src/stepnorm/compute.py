@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from stepnorm.artifact import build_artifact
@@ -60,3 +61,38 @@ def expected_fingerprint(cfg: Config) -> str:
     from stepnorm.sources import dataset_fingerprint
 
     return artifact_fingerprint(cfg.resolved(), {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets})
+
+
+@dataclass
+class Staleness:
+    """How an artifact differs from what ``cfg`` and its datasets would give now."""
+
+    stale: bool
+    config_keys: list[str]          # top-level config keys that changed (gate-only keys ignored)
+    datasets: dict[str, str]        # dataset -> "changed" | "added" | "removed"
+
+    def describe(self) -> str:
+        parts = [f"config keys {', '.join(self.config_keys)}"] if self.config_keys else []
+        parts += [f"dataset {name} {how}" for name, how in self.datasets.items()]
+        return "; ".join(parts) or "its fingerprint does not match this config and these datasets"
+
+
+def staleness(cfg: Config, doc: Mapping) -> Staleness:
+    """Compare an artifact document with the current config and datasets (reads no data)."""
+    from stepnorm.artifact import GATE_ONLY_KEYS, canonical_json
+    from stepnorm.sources import dataset_fingerprint
+
+    current, recorded = cfg.resolved(), doc.get("config", {})
+    keys = sorted(k for k in (set(current) | set(recorded)) - set(GATE_ONLY_KEYS)
+                  if canonical_json(current.get(k)) != canonical_json(recorded.get(k)))
+    changes = {}
+    for ds in cfg.datasets:
+        old = doc["datasets"].get(ds.name, {}).get("fingerprint")
+        if old is None:
+            changes[ds.name] = "added"
+        elif old != dataset_fingerprint(cfg, ds):
+            changes[ds.name] = "changed"
+    for name in doc["datasets"]:
+        if name not in {ds.name for ds in cfg.datasets}:
+            changes[name] = "removed"
+    return Staleness(expected_fingerprint(cfg) != doc["fingerprint"], keys, changes)

@@ -8,7 +8,8 @@ were split over workers) and are uniform over steps.
 
 A ``DatasetSample`` holds up to ``max_steps`` sampled steps (action ``[K, D]``, state ``[K, Ds]``)
 and, per image key, up to ``max_images`` encoded frames (bytes, never decoded here), at most one
-per episode: the images a validator sees come from as many different episodes as possible.
+per episode: the images a validator sees come from as many different episodes as possible. Images
+stored as raw tensors (not JPEG/PNG) are kept as .npy bytes (``decode_frame``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ def step_priorities(dataset: str, episode_index: int, length: int) -> np.ndarray
     """Deterministic pseudo-random priorities in [0, 1) for the steps of one episode."""
     seed = int.from_bytes(hashlib.blake2b(f"{dataset}/{episode_index}".encode(), digest_size=8).digest(), "little")
     return np.random.default_rng(seed).random(length)
+
+
+def _frame_bytes(frame) -> bytes:
+    """Encoded frames stay as they are; an image stored as a raw tensor is kept as .npy bytes."""
+    if isinstance(frame, (bytes, bytearray)):
+        return bytes(frame)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(frame), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_frame(blob: bytes) -> np.ndarray | None:
+    """A frame stored by ``_frame_bytes`` as .npy; None for encoded images (JPEG/PNG: decode them)."""
+    if blob[:6] != b"\x93NUMPY":
+        return None
+    return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
 def pick_frame(dataset: str, key: str, episode_index: int, length: int) -> int:
@@ -85,6 +102,7 @@ class DatasetSample:
             self.state = np.concatenate([self.state, state])[keep]
 
     def _merge_images(self, key, prio, frames) -> None:
+        frames = [_frame_bytes(f) for f in frames]
         old_p = self.image_priority.get(key, np.zeros(0))
         old_f = self.images.get(key, [])
         all_p = np.concatenate([old_p, prio])

@@ -7,12 +7,12 @@ docstring documents its file layout; docs/exporting.md shows how each consumer l
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import ModuleType
 
-from stepnorm.artifact import Artifact, artifact_fingerprint, canonical_json, read_artifact
+from stepnorm.artifact import Artifact, artifact_fingerprint, read_artifact
+from stepnorm.compute import staleness
 from stepnorm.config import load_config
 from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.exporters import lerobot, octo, openpi, robomimic
@@ -78,14 +78,9 @@ def check_consistent(artifact: Artifact) -> None:
 
 
 def check_config(artifact: Artifact, config_path: str | os.PathLike) -> None:
-    """Raise StaleArtifactError if the artifact's recorded config differs from ``config_path``'s.
-
-    Only the config is compared here; the datasets' contents are not re-read.
-    """
-    current = json.loads(canonical_json(load_config(config_path).resolved()))
-    recorded = json.loads(canonical_json(artifact.doc["config"]))
-    differing = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
-    if differing:
-        raise StaleArtifactError(str(artifact.path), f"computed with a different config than {config_path} "
-                                                     f"(differs in: {', '.join(differing)}); recompute it with "
-                                                     f"`stepnorm stats {config_path} --out DIR`")
+    """Raise StaleArtifactError if the artifact is stale for ``config_path`` (its config or its
+    datasets' files, transforms or keys changed); reads no data."""
+    found = staleness(load_config(config_path), artifact.doc)
+    if found.stale:
+        raise StaleArtifactError(str(artifact.path), f"stale for {config_path} ({found.describe()}); recompute it "
+                                                     f"with `stepnorm stats {config_path} --out DIR`")

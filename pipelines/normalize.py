@@ -1,0 +1,600 @@
+"""The Beam normalize pipeline: source episodes -> pre-normalized TFDS datasets (SPEC section 5).
+
+Per config dataset, one TFDS dataset directory ``OUT/<name>/<version>/`` holding the split the
+config reads. Every RLDS episode keeps its original ``tf.train.Example`` features untouched (images
+stay the original encoded bytes); the pipeline adds, per step:
+
+- ``steps/action_chunk`` float32 ``[H, D]``: the chunk ``A_t[k] = a_{t+k}`` (delta dims relative
+  to ``s_t``), padded by repeating the last action, normalized with the per-timestep statistics;
+- ``steps/action_chunk_valid`` bool ``[H]``: False on padded positions;
+- ``steps/observation/state_normalized`` float32 ``[Ds]`` when ``normalization.state`` is set.
+
+The stored ``steps/action`` stays as it was; the chunk is built from the action after the dataset's
+transforms (the action the statistics describe), so all datasets' chunks share one action space.
+
+LeRobot datasets are written as RLDS too: ``steps/action``, ``steps/observation/state``, every
+other numeric parquet column (``observation.velocity`` -> ``steps/observation/velocity``),
+``is_first``/``is_last``/``is_terminal`` and ``episode_metadata/episode_index``, plus the fields
+above; videos are not copied.
+
+Sharding is fixed by the input, not by the runner: an RLDS output shard is exactly one input
+shard read (same episodes, same order), a LeRobot dataset is cut into contiguous runs of episodes.
+Each Beam element writes its shards whole, so the output is byte-identical across runs, runners
+and worker counts, and no episode (with its images) goes through a shuffle.
+
+Completeness and atomicity: every shard writer reports how many episodes it wrote; the launcher
+checks them against the split's ``dataset_info.json`` and the statistics' episode counts before
+anything becomes visible. Everything is assembled under a hidden ``.<out>.partial-*`` directory
+beside ``OUT`` and renamed into place at the end, with ``MANIFEST.json`` written last inside it. A
+killed job leaves only that hidden directory; the next run on the same host removes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+
+from stepnorm import __version__
+from stepnorm.artifact import Artifact, _replace_dir, read_artifact
+from stepnorm.compute import staleness
+from stepnorm.config import Config, DatasetConfig
+from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError, StepnormError
+from stepnorm.normalize import Normalizer
+from stepnorm.pipelines.stats import _find_stepnorm_error, _progress_bar, make_pipeline_options
+from stepnorm.sources import ReadTask, read_task, read_tasks
+from stepnorm.sources.base import Episode
+from stepnorm.sources.transforms import apply_transforms, build_transforms
+
+MANIFEST_FILE = "MANIFEST.json"
+MANIFEST_FORMAT = "stepnorm.normalized"
+STATS_SUBDIR = "stats"
+ACTION_CHUNK = "action_chunk"
+ACTION_CHUNK_VALID = "action_chunk_valid"
+STATE_NORMALIZED = "state_normalized"  # inside steps/observation
+LEROBOT_VERSION = "1.0.0"
+# LeRobot episodes carry no images, so shards are cut by size: about this many bytes each.
+LEROBOT_SHARD_BYTES = 256 << 20
+_RECEIPTS = ".receipts"
+
+
+# -- the numeric core (plain functions, no Beam) ---------------------------------------------------
+def action_chunks(action: np.ndarray, state: np.ndarray | None, horizon: int,
+                  delta_mask: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every step's action chunk and its validity (SPEC section 2).
+
+    Args:
+        action: ``[T, D]`` actions.
+        state: ``[T, Ds]`` states (needed when ``delta_mask`` marks any dim).
+        horizon: ``H``.
+        delta_mask: per action dim, True where the chunk holds ``a_{t+k} - s_t``.
+
+    Returns:
+        ``chunk [T, H, D]`` float64 with ``chunk[t, k] = a_{min(t+k, T-1)}`` (delta applied after
+        the padding repeat), and ``valid [T, H]`` bool, False where ``t + k >= T``.
+    """
+    t_len = action.shape[0]
+    index = np.arange(t_len)[:, None] + np.arange(horizon)[None, :]
+    valid = index < t_len
+    chunk = np.asarray(action, np.float64)[np.minimum(index, max(t_len - 1, 0))]
+    if delta_mask is not None and any(delta_mask):
+        dims = np.flatnonzero(np.asarray(delta_mask, bool))
+        chunk[:, :, dims] -= np.asarray(state, np.float64)[:, None, dims]
+    return chunk, valid
+
+
+@dataclass
+class EpisodeNormalizer:
+    """Normalizes one dataset's episodes: the action chunks and (optionally) the state."""
+
+    horizon: int
+    delta_mask: Sequence[bool] | None
+    action: Normalizer
+    state: Normalizer | None
+
+    @classmethod
+    def build(cls, cfg: Config, artifact: Artifact, dataset: str) -> "EpisodeNormalizer":
+        """From the config's normalization specs and the combined (or the dataset's) statistics."""
+        source = None if cfg.normalize_with == "combined" else dataset
+        spec = cfg.normalization["action"]
+        action = Normalizer(artifact.stats("action", "global", source), artifact.stats("action", "per_timestep", source),
+                            mode=spec.mode, mask=spec.mask, clip=spec.clip, allow_empty_positions=True)
+        state = None
+        if "state" in cfg.normalization:
+            spec = cfg.normalization["state"]
+            state = Normalizer(artifact.stats("state", "global", source), None, mode=spec.mode, mask=spec.mask,
+                               clip=spec.clip)
+        return cls(cfg.horizon, cfg.delta_mask, action, state)
+
+    def added_fields(self, episode: Episode) -> dict:
+        """The step fields the pipeline adds, nested as in the features: ``{"steps": {...}}``."""
+        try:
+            chunk, valid = action_chunks(episode.action, episode.state, self.horizon, self.delta_mask)
+            steps = {ACTION_CHUNK: self.action.normalize(chunk, chunked=True).astype(np.float32),
+                     ACTION_CHUNK_VALID: valid}
+            if self.state is not None:
+                if episode.state is None:
+                    raise ValueError("normalization.state is configured but the dataset has no state_key")
+                normalized = self.state.normalize(np.asarray(episode.state, np.float64), chunked=False)
+                steps["observation"] = {STATE_NORMALIZED: normalized.astype(np.float32)}
+        except ValueError as exc:  # dims that disagree with the statistics
+            raise InputDataError(episode.source, f"cannot normalize episode: {exc}") from None
+        return {"steps": steps}
+
+
+# -- features -------------------------------------------------------------------------------------
+def added_features(horizon: int, action_dim: int, state_dim: int | None):
+    """The FeaturesDict of just the added fields (``state_dim`` None: no normalized state)."""
+    import tensorflow_datasets as tfds
+
+    steps = {
+        ACTION_CHUNK: tfds.features.Tensor(shape=(horizon, action_dim), dtype=np.float32,
+                                           doc="action chunk a[t:t+H] (padded by repeating the last action), normalized"),
+        ACTION_CHUNK_VALID: tfds.features.Tensor(shape=(horizon,), dtype=np.bool_,
+                                                 doc="False where the chunk position is padding (t+k >= T)"),
+    }
+    if state_dim is not None:
+        steps["observation"] = tfds.features.FeaturesDict({
+            STATE_NORMALIZED: tfds.features.Tensor(shape=(state_dim,), dtype=np.float32, doc="normalized state"),
+        })
+    return tfds.features.FeaturesDict({"steps": tfds.features.Dataset(steps)})
+
+
+def extend_features(source, added, where: str):
+    """``source`` FeaturesDict with ``added``'s step fields merged in (the output's features).
+
+    Existing feature objects are reused as they are, so their serialized layout (and docs) stay
+    those of the source. Raises InputDataError if the source already has a field being added.
+    """
+    import tensorflow_datasets as tfds
+
+    def merge(base, extra, path):
+        out = dict(base.items()) if base is not None else {}
+        for key, feature in extra.items():
+            here = f"{path}/{key}"
+            if isinstance(feature, tfds.features.FeaturesDict):
+                current = out.get(key)
+                if current is not None and not isinstance(current, tfds.features.FeaturesDict):
+                    raise InputDataError(where, f"feature {here} is not a dict; cannot add {here}/...")
+                out[key] = tfds.features.FeaturesDict(merge(current, feature, here),
+                                                      doc=current.doc if current is not None else None)
+            elif key in out:
+                raise InputDataError(where, f"already has feature {here} (is it already normalized?)")
+            else:
+                out[key] = feature
+        return out
+
+    if "steps" not in source or not isinstance(source["steps"], tfds.features.Dataset):
+        raise InputDataError(where, "has no 'steps' dataset feature (not an RLDS dataset)")
+    steps = source["steps"]
+    new_steps = tfds.features.Dataset(merge(steps.feature, added["steps"].feature, "steps"), doc=steps.doc)
+    return tfds.features.FeaturesDict({**dict(source.items()), "steps": new_steps}, doc=source.doc)
+
+
+def _lerobot_tensor(values: np.ndarray):
+    """The Tensor feature of a numeric ``[T, ...]`` column, or None for columns RLDS cannot hold."""
+    import tensorflow_datasets as tfds
+
+    if values.dtype == object or values.dtype.kind not in "biuf" or values.dtype == np.uint64:
+        return None
+    return tfds.features.Tensor(shape=values.shape[1:], dtype=values.dtype)
+
+
+def lerobot_layout(ds: DatasetConfig, first: Episode) -> dict[str, tuple[str, ...]]:
+    """LeRobot column -> RLDS step path (``observation.velocity`` -> ``("observation", "velocity")``).
+
+    The action and state columns go to ``action`` and ``observation/state`` whatever their names;
+    non-numeric columns are left out. Raises InputDataError when two columns land on one path.
+    """
+    layout = {ds.action_key: ("action",)}
+    if ds.state_key is not None:
+        layout[ds.state_key] = ("observation", "state")
+    for name, values in first.extra.items():
+        if isinstance(values, np.ndarray) and _lerobot_tensor(values) is not None:
+            layout[name] = tuple(name.split("."))
+    reserved = {("is_first",), ("is_last",), ("is_terminal",), (ACTION_CHUNK,), (ACTION_CHUNK_VALID,),
+                ("observation", STATE_NORMALIZED)}
+    paths = list(layout.values()) + sorted(reserved)
+    for i, path in enumerate(paths):
+        for other in paths[i + 1:]:
+            shorter = min(len(path), len(other))
+            if path[:shorter] == other[:shorter]:
+                raise InputDataError(ds.path, f"columns map to clashing RLDS step fields {'/'.join(path)} and "
+                                              f"{'/'.join(other)}")
+    return layout
+
+
+def _nest(flat: dict[tuple[str, ...], object]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _lerobot_columns(raw: Episode, ds: DatasetConfig) -> dict[str, np.ndarray]:
+    columns = dict(raw.extra)
+    columns[ds.action_key] = raw.action
+    if ds.state_key is not None:
+        columns[ds.state_key] = raw.state
+    return columns
+
+
+def lerobot_features(ds: DatasetConfig, first: Episode, added):
+    """The full RLDS FeaturesDict of a LeRobot dataset written out (from its first episode)."""
+    import tensorflow_datasets as tfds
+
+    layout = lerobot_layout(ds, first)
+    columns = _lerobot_columns(first, ds)
+    flat = {path: _lerobot_tensor(np.asarray(columns[name])) for name, path in layout.items()}
+    flat.update({("is_first",): tfds.features.Scalar(np.bool_), ("is_last",): tfds.features.Scalar(np.bool_),
+                 ("is_terminal",): tfds.features.Scalar(np.bool_, doc="True on the last step (demonstrations)")})
+
+    def to_features(tree):
+        return {k: tfds.features.FeaturesDict(to_features(v)) if isinstance(v, dict) else v for k, v in tree.items()}
+
+    base = tfds.features.FeaturesDict({
+        "steps": tfds.features.Dataset(to_features(_nest(flat))),
+        "episode_metadata": tfds.features.FeaturesDict({"episode_index": tfds.features.Scalar(np.int64)}),
+    })
+    return extend_features(base, added, ds.path)
+
+
+def lerobot_example(ds: DatasetConfig, layout: dict[str, tuple[str, ...]], raw: Episode) -> dict:
+    """A raw LeRobot episode as a nested RLDS example (without the added fields)."""
+    t_len = raw.length
+    columns = _lerobot_columns(raw, ds)
+    flat = {path: np.asarray(columns[name]) for name, path in layout.items()}
+    last = np.arange(t_len) == t_len - 1
+    flat.update({("is_first",): np.arange(t_len) == 0, ("is_last",): last, ("is_terminal",): last})
+    return {"steps": _nest(flat), "episode_metadata": {"episode_index": np.int64(raw.index)}}
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
+
+
+# -- the Beam part --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WriteJob:
+    """One read task and the output shards its episodes fill, in order.
+
+    ``shard_sizes[j]`` episodes go to output shard ``first_shard + j``.
+    """
+
+    dataset: str
+    task: ReadTask
+    first_shard: int
+    shard_sizes: tuple[int, ...]
+
+
+@dataclass
+class DatasetPlan:
+    """Where and how one config dataset is written."""
+
+    name: str
+    rel_dir: str  # "<name>/<version>" under the output
+    split: str  # the output split name
+    features_json: dict
+    added_json: dict
+    lerobot_layout: dict | None
+    jobs: list[WriteJob]
+    expected_episodes: int
+
+    def shard_name(self, index: int) -> str:
+        """``{name}-{split}.tfrecord-{i:05d}-of-{n:05d}``."""
+        return f"{self.name}-{self.split}.tfrecord-{index:05d}-of-{self.num_shards:05d}"
+
+    @property
+    def num_shards(self) -> int:
+        return sum(len(j.shard_sizes) for j in self.jobs)
+
+
+def _feature_from_json(doc: dict):
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeatureConnector.from_json(doc)
+
+
+class WriteShardsFn(beam.DoFn):
+    """WriteJob -> receipts; writes the job's shards (whole TFRecord files) into the staging dir."""
+
+    def __init__(self, cfg: Config, artifact_doc: dict, plans: dict[str, DatasetPlan], staging: str):
+        self.cfg, self.artifact_doc, self.plans, self.staging = cfg, artifact_doc, plans, staging
+
+    def setup(self):
+        from tensorflow_datasets.core import example_serializer
+
+        artifact = Artifact(self.artifact_doc)
+        self.by_name = {ds.name: ds for ds in self.cfg.datasets}
+        self.normalizers = {name: EpisodeNormalizer.build(self.cfg, artifact, name) for name in self.plans}
+        self.encoders = {}
+        for name, plan in self.plans.items():
+            # LeRobot examples are built whole; RLDS examples only get the added fields encoded.
+            features = _feature_from_json(plan.features_json if plan.lerobot_layout else plan.added_json)
+            self.encoders[name] = (features, example_serializer.ExampleSerializer(features.get_serialized_info()))
+        self.progress = _progress_bar("normalizing")
+        self.written = beam.metrics.Metrics.counter("stepnorm", "episodes_written")
+
+    def teardown(self):
+        self.progress.close()
+
+    def process(self, job: WriteJob):
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+        from apache_beam.io.tfrecordio import _TFRecordUtil
+
+        plan = self.plans[job.dataset]
+        records = self._records(plan, job)
+        for j, size in enumerate(job.shard_sizes):
+            index = job.first_shard + j
+            path = FileSystems.join(self.staging, plan.rel_dir, plan.shard_name(index))
+            count = num_bytes = 0
+            # Beam's TFRecord framing (as the reader uses): no TensorFlow start-up in the workers.
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                for record in records:
+                    _TFRecordUtil.write_record(handle, record)
+                    count += 1
+                    num_bytes += len(record) + 16  # length, its CRC, the data CRC
+                    self.progress.update(1)
+                    self.written.inc()
+                    if count == size:
+                        break
+            yield self._receipt(plan, index, count, num_bytes)
+        surplus = sum(1 for _ in records)
+        if surplus:
+            raise InputDataError(job.task.locator, f"read {surplus} more episodes than the split holds")
+
+    def _records(self, plan: DatasetPlan, job: WriteJob) -> Iterator[bytes]:
+        # TFDS's own copy of the Example proto, the class its serializer builds.
+        from tensorflow_datasets.proto import tf_example_pb2
+
+        ds = self.by_name[job.dataset]
+        normalizer = self.normalizers[job.dataset]
+        features, serializer = self.encoders[job.dataset]
+        if plan.lerobot_layout is None:
+            for episode in read_task(ds, job.task, keep_serialized=True):
+                example = tf_example_pb2.Example.FromString(episode.extra["serialized"])
+                example.MergeFrom(serializer.get_tf_example(features.encode_example(normalizer.added_fields(episode))))
+                # Sorted map keys: the same episode always gives the same bytes.
+                yield example.SerializeToString(deterministic=True)
+            return
+        layout = {k: tuple(v) for k, v in plan.lerobot_layout.items()}
+        for raw, episode in _lerobot_episodes(ds):
+            nested = _deep_merge(lerobot_example(ds, layout, raw), normalizer.added_fields(episode))
+            yield serializer.get_tf_example(features.encode_example(nested)).SerializeToString(deterministic=True)
+
+    def _receipt(self, plan: DatasetPlan, index: int, count: int, num_bytes: int) -> dict:
+        from apache_beam.io.filesystems import FileSystems
+
+        receipt = {"dataset": plan.name, "shard": index, "episodes": count, "bytes": num_bytes}
+        # Receipts are files, not pipeline output, so every runner hands them back the same way.
+        path = FileSystems.join(self.staging, plan.rel_dir, _RECEIPTS, f"{index:05d}.json")
+        with FileSystems.create(path) as handle:
+            handle.write(json.dumps(receipt).encode())
+        return receipt
+
+
+def _lerobot_episodes(ds: DatasetConfig) -> Iterator[tuple[Episode, Episode]]:
+    """(raw episode with every column, episode with the dataset's transforms applied)."""
+    from stepnorm.sources.lerobot import iter_lerobot_episodes
+
+    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
+    for raw in iter_lerobot_episodes(ds.path, dataset=ds.name, action_key=ds.action_key, state_key=ds.state_key,
+                                     max_frames=ds.max_frames, columns_only=False):
+        yield raw, apply_transforms(raw, transforms) if transforms else raw
+
+
+# -- planning -------------------------------------------------------------------------------------
+def _plan(cfg: Config, artifact: Artifact, ds: DatasetConfig) -> DatasetPlan:
+    block = artifact.block(ds.name)
+    action_dim = len(block["action"]["global"]["mean"])
+    state_dim = len(block["state"]["global"]["mean"]) if "state" in cfg.normalization and "state" in block else None
+    if "state" in cfg.normalization and state_dim is None:
+        raise ConfigError(cfg.path, f"normalization.state is set but dataset {ds.name!r} has no state statistics "
+                                    f"(set its state_key)")
+    added = added_features(cfg.horizon, action_dim, state_dim)
+    split = ds.split.split("[")[0]
+    expected = int(block["num_episodes"])
+    if ds.format == "rlds":
+        from stepnorm.sources.rlds import rlds_builder
+
+        builder = rlds_builder(ds.path)
+        features = extend_features(builder.info.features, added, ds.path)
+        tasks = read_tasks(ds)
+        jobs = [WriteJob(ds.name, t, i, (t.take,)) for i, t in enumerate(tasks)]
+        in_split = sum(t.take for t in tasks)
+        if in_split != expected:
+            raise InputDataError(ds.path, f"split {ds.split!r} holds {in_split} episodes but the statistics "
+                                          f"counted {expected}")
+        return DatasetPlan(ds.name, f"{ds.name}/{builder.info.version}", split, features.to_json(), added.to_json(),
+                           None, jobs, expected)
+    raw, _ = next(_lerobot_episodes(ds))
+    layout = lerobot_layout(ds, raw)
+    features = lerobot_features(ds, raw, added)
+    est_bytes = int(block["num_steps"]) * 4 * (cfg.horizon * (action_dim + 1) + 2 * action_dim + 2 * (state_dim or 0)
+                                               + len(layout) + 4)
+    n_shards = max(1, min(expected, -(-est_bytes // LEROBOT_SHARD_BYTES)))
+    sizes = tuple((i + 1) * expected // n_shards - i * expected // n_shards for i in range(n_shards))
+    job = WriteJob(ds.name, read_tasks(ds)[0], 0, sizes)
+    return DatasetPlan(ds.name, f"{ds.name}/{LEROBOT_VERSION}", split, features.to_json(), added.to_json(),
+                       {k: list(v) for k, v in layout.items()}, [job], expected)
+
+
+def check_fresh(cfg: Config, artifact: Artifact) -> None:
+    """StaleArtifactError unless the artifact was computed from this config and these datasets."""
+    found = staleness(cfg, artifact.doc)
+    if found.stale:
+        raise StaleArtifactError(str(artifact.path), f"statistics are stale for {cfg.path} ({found.describe()}); "
+                                                     f"rerun `stepnorm stats`")
+
+
+@dataclass
+class NormalizeResult:
+    out_dir: Path
+    datasets: dict[str, Path]  # name -> TFDS dataset directory
+    episodes: dict[str, int]
+    seconds: float
+
+
+def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                  beam_args: Sequence[str] = (), log=print) -> NormalizeResult:
+    """Write every config dataset, normalized, as a TFDS dataset under ``out_dir`` (atomically).
+
+    Raises StaleArtifactError when the statistics do not match ``cfg`` and its datasets,
+    InputDataError when an episode count does not match, ConfigError for an unusable config.
+    """
+    t0 = time.monotonic()
+    if "://" in str(out_dir):
+        raise ConfigError(None, f"--out {out_dir}: normalize writes to a local directory (atomic rename)")
+    if "action" not in cfg.normalization:
+        raise ConfigError(cfg.path, "normalize needs normalization.action (mode, mask, clip)")
+    if any(ds.name == STATS_SUBDIR for ds in cfg.datasets):
+        raise ConfigError(cfg.path, f"a dataset named {STATS_SUBDIR!r} would clash with the artifact copy in the output")
+    artifact = read_artifact(stats_dir)
+    check_fresh(cfg, artifact)
+    plans = {ds.name: _plan(cfg, artifact, ds) for ds in cfg.datasets}
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_partials(out, log)
+    staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for plan in plans.values():
+            (staging / plan.rel_dir / _RECEIPTS).mkdir(parents=True)
+        _run_beam(cfg, artifact, plans, str(staging), beam_args)
+        episodes = {}
+        for ds in cfg.datasets:
+            episodes[ds.name] = _finish_dataset(cfg, ds, plans[ds.name], staging, artifact)
+        shutil.copytree(artifact.directory, staging / STATS_SUBDIR)
+        _write_manifest(cfg, artifact, plans, episodes, staging)
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for ds in cfg.datasets:
+        log(f"  {ds.name:32s} {episodes[ds.name]:7d} episodes -> {out / plans[ds.name].rel_dir}")
+    return NormalizeResult(out, {n: out / p.rel_dir for n, p in plans.items()}, episodes, time.monotonic() - t0)
+
+
+def _remove_abandoned_partials(out: Path, log) -> None:
+    """Remove staging directories of killed jobs: same host, owning process gone."""
+    host = socket.gethostname()
+    for path in out.parent.glob(f".{out.name}.partial-{host}-*"):
+        pid = path.name[len(f".{out.name}.partial-{host}-"):].split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"  removed {path} (left by a job that did not finish)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _run_beam(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], staging: str,
+              beam_args: Sequence[str]) -> None:
+    jobs = [job for plan in plans.values() for job in plan.jobs]
+    options, runner = make_pipeline_options(beam_args)
+    try:
+        with beam.Pipeline(runner=runner, options=options) as p:
+            _ = (
+                p
+                | "Jobs" >> beam.Create(jobs)
+                | "Spread" >> beam.Reshuffle()
+                | "Write" >> beam.ParDo(WriteShardsFn(cfg, artifact.doc, plans, staging))
+            )
+    except StepnormError:
+        raise
+    except Exception as exc:  # Beam wraps worker exceptions; surface ours as one line
+        inner = _find_stepnorm_error(exc)
+        if inner is not None:
+            raise inner from None
+        raise
+
+
+def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: Path, artifact: Artifact) -> int:
+    """Check the receipts (counts in == counts out) and write the TFDS metadata; returns episodes."""
+    import tensorflow_datasets as tfds
+
+    data_dir = staging / plan.rel_dir
+    receipts = {}
+    for file in (data_dir / _RECEIPTS).glob("*.json"):
+        receipt = json.loads(file.read_text())
+        receipts[receipt["shard"]] = receipt
+    expected_sizes = [size for job in plan.jobs for size in job.shard_sizes]
+    for index, size in enumerate(expected_sizes):
+        got = receipts.get(index, {}).get("episodes")
+        if got != size:
+            raise InputDataError(ds.path, f"split {ds.split!r}: output shard {index} got {got} episodes, "
+                                          f"expected {size} (episodes in != episodes out)")
+    total = sum(expected_sizes)
+    if total != plan.expected_episodes:
+        raise InputDataError(ds.path, f"wrote {total} episodes but the statistics counted {plan.expected_episodes}")
+    shutil.rmtree(data_dir / _RECEIPTS)
+    template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                                             dataset_name=plan.name, split=plan.split, filetype_suffix="tfrecord")
+    split_info = tfds.core.SplitInfo(name=plan.split, shard_lengths=expected_sizes,
+                                     num_bytes=sum(receipts[i]["bytes"] for i in receipts), filename_template=template)
+    source = {"path": ds.path, "format": ds.format, "split": ds.split}
+    description = (f"{ds.name}, pre-normalized by stepnorm {__version__} from {ds.path} (split {ds.split}) with "
+                   f"stats fingerprint {artifact.fingerprint}, normalize_with {cfg.normalize_with}.")
+    kwargs = {}
+    if ds.format == "rlds":
+        from stepnorm.sources.rlds import rlds_builder
+
+        info = rlds_builder(ds.path).info
+        description += "\n\n" + (info.description or "")
+        kwargs = {"homepage": info.homepage, "citation": info.citation}
+    metadata = tfds.core.MetadataDict(stepnorm={"stats_fingerprint": artifact.fingerprint, "source": source,
+                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with})
+    tfds.folder_dataset.write_metadata(data_dir=data_dir, features=_feature_from_json(plan.features_json),
+                                       split_infos=[split_info], filename_template=template, check_data=False,
+                                       description=description, metadata=metadata, disable_shuffling=True, **kwargs)
+    return total
+
+
+def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], episodes: dict[str, int],
+                    staging: Path) -> None:
+    norm = {key: dataclasses.asdict(spec) for key, spec in cfg.normalization.items()}
+    doc = {
+        "format": MANIFEST_FORMAT, "version": 1, "tool_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "stats": f"{STATS_SUBDIR}/stats.json", "stats_fingerprint": artifact.fingerprint,
+        "horizon": cfg.horizon, "normalize_with": cfg.normalize_with, "normalization": norm,
+        "delta_mask": cfg.delta_mask,
+        "fields": {"action_chunk": f"steps/{ACTION_CHUNK}", "action_chunk_valid": f"steps/{ACTION_CHUNK_VALID}",
+                   "state_normalized": f"steps/observation/{STATE_NORMALIZED}" if "state" in cfg.normalization else None},
+        "datasets": {
+            ds.name: {"path": plans[ds.name].rel_dir, "split": plans[ds.name].split, "episodes": episodes[ds.name],
+                      "shards": plans[ds.name].num_shards, "source": ds.path, "source_format": ds.format,
+                      "source_split": ds.split}
+            for ds in cfg.datasets
+        },
+    }
+    # Written last: a directory with a MANIFEST.json is complete.
+    (staging / MANIFEST_FILE).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+__all__ = ["ACTION_CHUNK", "ACTION_CHUNK_VALID", "MANIFEST_FILE", "STATE_NORMALIZED", "EpisodeNormalizer",
+           "NormalizeResult", "WriteJob", "action_chunks", "added_features", "check_fresh", "extend_features",
+           "run_normalize"]
