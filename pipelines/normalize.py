@@ -50,9 +50,9 @@ from stepnorm import __version__
 from stepnorm.artifact import Artifact, _replace_dir, read_artifact
 from stepnorm.compute import staleness
 from stepnorm.config import Config, DatasetConfig
-from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError, StepnormError
+from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
 from stepnorm.normalize import Normalizer
-from stepnorm.pipelines.stats import _find_stepnorm_error, _progress_bar, make_pipeline_options
+from stepnorm.pipelines.stats import _progress_bar, run_beam
 from stepnorm.sources import ReadTask, read_task, read_tasks
 from stepnorm.sources.base import Episode
 from stepnorm.sources.transforms import apply_transforms, build_transforms
@@ -514,22 +514,12 @@ def _alive(pid: int) -> bool:
 def _run_beam(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], staging: str,
               beam_args: Sequence[str]) -> None:
     jobs = [job for plan in plans.values() for job in plan.jobs]
-    options, runner = make_pipeline_options(beam_args)
-    try:
-        with beam.Pipeline(runner=runner, options=options) as p:
-            _ = (
-                p
-                | "Jobs" >> beam.Create(jobs)
-                | "Spread" >> beam.Reshuffle()
-                | "Write" >> beam.ParDo(WriteShardsFn(cfg, artifact.doc, plans, staging))
-            )
-    except StepnormError:
-        raise
-    except Exception as exc:  # Beam wraps worker exceptions; surface ours as one line
-        inner = _find_stepnorm_error(exc)
-        if inner is not None:
-            raise inner from None
-        raise
+    run_beam(beam_args, lambda p: (
+        p
+        | "Jobs" >> beam.Create(jobs)
+        | "Spread" >> beam.Reshuffle()
+        | "Write" >> beam.ParDo(WriteShardsFn(cfg, artifact.doc, plans, staging))
+    ))
 
 
 def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: Path, artifact: Artifact) -> int:

@@ -156,28 +156,19 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
     """
     by_name = {ds.name: ds for ds in cfg.datasets}
     tasks = [t for name in names for t in read_tasks(by_name[name])]
-    options, runner = make_pipeline_options(beam_args)
+    options, _ = make_pipeline_options(beam_args)
     root = options.view_as(GoogleCloudOptions).temp_location or str(staging_root)
     staging = FileSystems.join(root, f".stepnorm-staging-{uuid.uuid4().hex}")
     FileSystems.mkdirs(staging)
     try:
-        try:
-            with beam.Pipeline(runner=runner, options=options) as p:
-                _ = (
-                    p
-                    | "Tasks" >> beam.Create(tasks)
-                    | "Spread" >> beam.Reshuffle()
-                    | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
-                    | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
-                    | "Stage" >> beam.Map(_write_blob, staging)
-                )
-        except StepnormError:
-            raise
-        except Exception as exc:  # Beam wraps worker exceptions; surface ours as one line
-            inner = _find_stepnorm_error(exc)
-            if inner is not None:
-                raise inner from None
-            raise
+        run_beam(beam_args, lambda p: (
+            p
+            | "Tasks" >> beam.Create(tasks)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
+            | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
+            | "Stage" >> beam.Map(_write_blob, staging)
+        ))
         out = {}
         for name in names:
             path = FileSystems.join(staging, f"{name}.acc")
@@ -189,6 +180,24 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
     finally:
         if FileSystems.exists(staging):
             FileSystems.delete([staging])
+
+
+def run_beam(beam_args: Sequence[str], build) -> None:
+    """Build a pipeline with ``build(p)`` and run it to completion (FnApiRunner unless ``--runner``).
+
+    A StepnormError raised inside a worker comes back as itself, so the CLI prints one line.
+    """
+    options, runner = make_pipeline_options(beam_args)
+    try:
+        with beam.Pipeline(runner=runner, options=options) as p:
+            build(p)
+    except StepnormError:
+        raise
+    except Exception as exc:  # Beam wraps worker exceptions; surface ours
+        inner = _find_stepnorm_error(exc)
+        if inner is not None:
+            raise inner from None
+        raise
 
 
 def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:
@@ -246,4 +255,5 @@ def _check_counts(cfg: Config, accs, computed) -> None:
 
 
 __all__ = ["AccumulateFn", "DatasetSummary", "ReadEpisodesFn", "StatsResult", "compute_summaries", "make_pipeline_options",
+           "run_beam",
            "run_stats", "STATS_FILE"]

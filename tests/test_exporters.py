@@ -17,7 +17,7 @@ from gen import make_episodes
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
 from stepnorm.cli import main
 from stepnorm.compute import accumulate, artifact_from_accumulators
-from stepnorm.config import load_config, parse_config
+from stepnorm.config import parse_config
 from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.exporters import ExportError, run_export
 from stepnorm.normalize import Normalizer
