@@ -42,11 +42,6 @@ def _tfds_reference(path, split, action_key="action", state_key=("observation", 
     return episodes
 
 
-def _stats(args, capsys=None):
-    code = main(["stats", *args])
-    return code
-
-
 def test_sample_stats_match_tfds_reference(sample_dir, tmp_path, capsys):
     assert main(["stats", str(sample_dir / "config.yaml"), "--out", str(tmp_path / "stats")]) == 0
     out = capsys.readouterr().out
@@ -169,7 +164,8 @@ def _edited_sample_config(sample_dir, tmp_path, edit):
 @pytest.mark.parametrize("edit, pattern", [
     (lambda c: c["datasets"][0].update(action_key="actions"), r"no step feature 'actions'"),
     (lambda c: c["datasets"][0].update(color="red"), r"config.yaml: unknown key datasets\[0\]\.color"),
-    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"mask has 2 entries.*7 action dims"),
+    (lambda c: c["normalization"]["action"].update(mask=[True] * 8), r"mask has 8 entries.*7 action dims"),
+    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"gripper_dims \[6\] out of range for 2 action dims"),
     (lambda c: c["datasets"][1].update(path="nowhere/1.0.0"), r"datasets.real_pick.path 'nowhere/1.0.0' does not exist"),
     (lambda c: (c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
         transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),

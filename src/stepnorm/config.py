@@ -159,12 +159,12 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
         raise ConfigError(where, "validators must be a mapping of validator name -> thresholds")
     sketch_k = _int(raw.get("sketch_k", DEFAULT_SKETCH_K), where, "sketch_k", minimum=8)
     datasets = _datasets(raw.get("datasets"), where, base_dir)
+    # gripper_dims index the action; where the config fixes the action's width, check them now.
+    width = len(delta_mask) if delta_mask is not None else (len(action_mask) if action_mask is not None else None)
     for ds in datasets:
-        for key in ("gripper_dims",):
-            if delta_mask is not None:
-                bad = [d for d in getattr(ds, key) if d >= len(delta_mask)]
-                if bad:
-                    raise ConfigError(where, f"datasets.{ds.name}.{key} {bad} out of range for {len(delta_mask)} action dims")
+        bad = [d for d in ds.gripper_dims if width is not None and d >= width]
+        if bad:
+            raise ConfigError(where, f"datasets.{ds.name}.gripper_dims {bad} out of range for {width} action dims")
     if weighting == "mixture" and not any(ds.weight > 0 for ds in datasets):
         raise ConfigError(where, "weighting: mixture needs at least one dataset with weight > 0")
     return Config(horizon=horizon, datasets=datasets, quantiles=quantiles, weighting=weighting,
