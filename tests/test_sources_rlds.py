@@ -87,3 +87,19 @@ def test_bridge_episodes_match_tfds(real_data):
         np.testing.assert_array_equal(mine.action, np.stack([s["action"] for s in steps]))
         np.testing.assert_array_equal(mine.state, np.stack([s["observation"]["state"] for s in steps]))
         assert mine.images["observation/image_0"] == [s["observation"]["image_0"] for s in steps]
+
+
+def test_remote_shards_are_read_through_tensorflow_filesystems(f64_dataset):
+    """gs:// shards go through tf.io.gfile; TF's in-memory ram:// filesystem stands in for GCS."""
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from stepnorm.sources.rlds import ShardRead, iter_shard_records
+
+    shard = sorted(Path(f64_dataset).glob("*.tfrecord*"))[0]
+    remote = f"ram://stepnorm-test/{shard.name}"
+    with tf.io.gfile.GFile(remote, "wb") as out:
+        out.write(shard.read_bytes())
+    local = list(iter_shard_records(ShardRead(str(shard), 0, 3, 0)))
+    assert list(iter_shard_records(ShardRead(remote, 1, 2, 1))) == local[1:]

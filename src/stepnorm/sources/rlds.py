@@ -96,15 +96,15 @@ def _parser(path: str, keys: Sequence[str]):
 def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
     """Serialized episodes of one shard read; InputDataError for a corrupt or truncated shard.
 
-    Beam's TFRecord framing (length and data CRC32C checks, google-crc32c) over Beam's filesystems
-    (local, gs://): reading statistics needs no TensorFlow at all, which saves its start-up.
+    Beam's TFRecord framing (length and data CRC32C checks, google-crc32c). Local shards are read
+    without TensorFlow (its start-up dominated small runs); remote ones (``gs://`` ...) through
+    TensorFlow's filesystems, as TFDS itself reads them.
     """
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
     count = 0
     try:
-        with FileSystems.open(read.filename, compression_type="uncompressed") as handle:
+        with _open_binary(read.filename) as handle:
             for position in range(read.skip + read.take):
                 record = _TFRecordUtil.read_record(handle)
                 if record is None:
@@ -120,6 +120,14 @@ def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
     if count != read.take:
         raise InputDataError(read.filename, f"truncated shard: holds {read.skip + count} records, "
                                             f"dataset_info.json says at least {read.skip + read.take}")
+
+
+def _open_binary(path: str):
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
 
 
 def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key: str,
