@@ -388,15 +388,19 @@ def test_run_with_a_passing_gate_writes_everything(sample_run, tmp_path, monkeyp
 
 
 # -- real data ------------------------------------------------------------------------------------
-def test_real_bridge_rlds(real_data, tmp_path):
-    cfg_path = _variant(REPO / "configs" / "real_data.yaml", tmp_path / "bridge.yaml",
-                        normalization={"action": {"mode": "q01_q99", "mask": [True] * 6 + [False], "clip": False},
+def _stats_and_normalize(config_name, tmp_path, action_mask):
+    """configs/CONFIG_NAME, unclipped q01_q99 actions and mean_std state: stats, then normalize."""
+    cfg_path = _variant(REPO / "configs" / config_name, tmp_path / config_name,
+                        normalization={"action": {"mode": "q01_q99", "mask": action_mask, "clip": False},
                                        "state": {"mode": "mean_std"}})
     assert main(["stats", str(cfg_path), "--out", str(tmp_path / "stats")]) == 0
     assert main(["normalize", str(cfg_path), "--stats", str(tmp_path / "stats"), "--out", str(tmp_path / "out")]) == 0
-    cfg = yaml.safe_load(cfg_path.read_text())
     out = tmp_path / "out"
-    stats_doc = json.loads((out / "stats" / "stats.json").read_text())
+    return yaml.safe_load(cfg_path.read_text()), out, json.loads((out / "stats" / "stats.json").read_text())
+
+
+def test_real_bridge_rlds(real_data, tmp_path):
+    cfg, out, stats_doc = _stats_and_normalize("real_data.yaml", tmp_path, [True] * 6 + [False])
     src = real_data / "bridge_octo_debug_rlds" / "bridge_dataset" / "1.0.0"
     for name, split in (("bridge", "train"), ("bridge_val", "val")):
         out_eps, builder = _load_rlds(out / name / "1.0.0", split)
@@ -412,14 +416,7 @@ def test_real_bridge_rlds(real_data, tmp_path):
 def test_real_lerobot_so101(real_data, tmp_path):
     import pyarrow.parquet as pq
 
-    cfg_path = _variant(REPO / "configs" / "real_lerobot_so101.yaml", tmp_path / "so101.yaml",
-                        normalization={"action": {"mode": "q01_q99", "mask": [True] * 5 + [False], "clip": False},
-                                       "state": {"mode": "mean_std"}})
-    assert main(["stats", str(cfg_path), "--out", str(tmp_path / "stats")]) == 0
-    assert main(["normalize", str(cfg_path), "--stats", str(tmp_path / "stats"), "--out", str(tmp_path / "out")]) == 0
-    cfg = yaml.safe_load(cfg_path.read_text())
-    out = tmp_path / "out"
-    stats_doc = json.loads((out / "stats" / "stats.json").read_text())
+    cfg, out, stats_doc = _stats_and_normalize("real_lerobot_so101.yaml", tmp_path, [True] * 5 + [False])
     table = pq.read_table(real_data / "so101_record_test_lerobot_v30" / "data").to_pandas()
     table = table.sort_values(["episode_index", "frame_index"])
     raw = []
