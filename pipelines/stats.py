@@ -27,15 +27,23 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, write_artifact
 from stepnorm.compute import accumulator_spec, artifact_from_accumulators
 from stepnorm.config import Config
-from stepnorm.errors import InputDataError, StepnormError
+from stepnorm.errors import InputDataError, StepnormError, UsageError
 from stepnorm.sources import ReadTask, dataset_fingerprint, read_task, read_tasks
 from stepnorm.samples import DatasetSample, pick_frame
 from stepnorm.stats import ChunkStatsAccumulator
 
 
 def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, object | None]:
-    """Beam options from pass-through args, and the runner to use (FnApiRunner by default)."""
+    """Beam options from pass-through args, and the runner to use (FnApiRunner by default).
+
+    Beam silently discards options it does not know; a typo there would change how a job runs,
+    so unknown options are a usage error.
+    """
     options = PipelineOptions(list(beam_args))
+    known = set(options.get_all_options())
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
+    if unknown:
+        raise UsageError(None, f"unknown Beam pipeline option(s): {', '.join('--' + u for u in unknown)}")
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         return options, None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner

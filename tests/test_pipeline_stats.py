@@ -230,3 +230,10 @@ def test_oxe_config_validates_without_network():
     cfg = load_config(repo / "configs" / "oxe_magic_soup.yaml")
     assert len(cfg.datasets) == 11 and all(ds.is_remote for ds in cfg.datasets)
     assert cfg.weighting == "mixture" and cfg.datasets[0].weight == pytest.approx(2.0)
+
+
+def test_unknown_beam_option_is_a_usage_error(sample_dir, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    _expect_error(["stats", str(sample_dir / "config.yaml"), "--out", str(tmp_path / "o" / "stats"),
+                   "--direct_num_wrokers", "2"], capsys, r"unknown Beam pipeline option\(s\): --direct_num_wrokers",
+                  tmp_path / "o" / "stats")

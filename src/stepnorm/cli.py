@@ -7,6 +7,7 @@ Each subcommand lives in the module that implements it; this file only parses ar
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from stepnorm.errors import StepnormError
@@ -116,13 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _BeamNoise(logging.Filter):
+    """Beam warns about optional Google Cloud clients on every import, and about options it discards
+    (which stepnorm reports itself, as an error); both are noise on the command line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "apitools not found" not in message and "Discarding unparseable args" not in message
+
+
 def main(argv: list[str] | None = None) -> int:
+    for logger in ("", "apache_beam.options.pipeline_options"):
+        logging.getLogger(logger).addFilter(_BeamNoise())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_beam_options", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
     try:
+        if extra:  # fail before any work, even when every dataset would come from the cache
+            from stepnorm.pipelines.stats import make_pipeline_options
+
+            make_pipeline_options(extra)
         return int(args.func(args) or 0)
     except StepnormError as exc:
         print(f"stepnorm: error: {exc}", file=sys.stderr)

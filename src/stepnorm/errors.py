@@ -19,6 +19,10 @@ class StepnormError(Exception):
         super().__init__(" ".join(text.split()))
 
 
+class UsageError(StepnormError):
+    """The command line is wrong (e.g. an unknown Beam pipeline option)."""
+
+
 class ConfigError(StepnormError):
     """The config file is invalid (unknown key, wrong type, wrong mask length, missing path)."""
 
