@@ -48,17 +48,18 @@ def test_sample_stats_match_tfds_reference(sample_dir, tmp_path, capsys):
     assert "sim_pick" in out and "computed" in out
     doc = json.loads((tmp_path / "stats" / "stats.json").read_text())
     assert set(doc["datasets"]) == {"sim_pick", "real_pick"}
+    delta_mask = yaml.safe_load((sample_dir / "config.yaml").read_text())["delta_mask"]
     all_eps = []
     for name in ("sim_pick", "real_pick"):
         eps = _tfds_reference(sample_dir / name / "1.0.0", "train")
         all_eps += eps
         block = doc["datasets"][name]
         assert block["num_episodes"] == len(eps)
-        per_k = chunk_entries(eps, 8)
+        per_k = chunk_entries(eps, 8, delta_mask)
         for k in (0, 3, 7):
             got = {f: np.asarray(v[k], float) for f, v in block["action"]["per_timestep"].items()}
             assert_stats_match(got, per_k[k], Q, label=f"{name} k={k}")
-    per_k = chunk_entries(all_eps, 8)
+    per_k = chunk_entries(all_eps, 8, delta_mask)
     got = {f: np.asarray(v[5], float) for f, v in doc["combined"]["action"]["per_timestep"].items()}
     assert_stats_match(got, per_k[5], Q, label="combined k=5")
 
@@ -164,10 +165,16 @@ def _edited_sample_config(sample_dir, tmp_path, edit):
 @pytest.mark.parametrize("edit, pattern", [
     (lambda c: c["datasets"][0].update(action_key="actions"), r"no step feature 'actions'"),
     (lambda c: c["datasets"][0].update(color="red"), r"config.yaml: unknown key datasets\[0\]\.color"),
-    (lambda c: c["normalization"]["action"].update(mask=[True] * 8), r"mask has 8 entries.*7 action dims"),
-    (lambda c: c["normalization"]["action"].update(mask=[True, False]), r"gripper_dims \[6\] out of range for 2 action dims"),
+    (lambda c: (c.pop("delta_mask"), c["normalization"]["action"].update(mask=[True] * 8)),
+     r"mask has 8 entries.*7 action dims"),
+    (lambda c: (c.pop("delta_mask"), c["normalization"]["action"].update(mask=[True, False])),
+     r"gripper_dims \[6\] out of range for 2 action dims"),
+    (lambda c: c["normalization"]["action"].update(mask=[True, False]),
+     r"config.yaml: delta_mask has 7 entries but normalization.action.mask has 2"),
+    (lambda c: c["datasets"][1].update(transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}]),
+     r"real_pick \(.*real_pick-train.tfrecord.*\): delta_mask has 7 entries but the action has 3 dims"),
     (lambda c: c["datasets"][1].update(path="nowhere/1.0.0"), r"datasets.real_pick.path 'nowhere/1.0.0' does not exist"),
-    (lambda c: (c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
+    (lambda c: (c.pop("delta_mask"), c["normalization"]["action"].pop("mask"), c["datasets"][1].update(
         transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),
      r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
     (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),

@@ -1,7 +1,7 @@
 """The built-in sample mixture: two small RLDS datasets (one ``sim``, one ``real``) and a config.
 
-Both are pick-and-place episodes of a 7-D action (end-effector position delta target, rotation,
-gripper) with an 8-D state and one 64x64 JPEG camera, written with TFDS's own builder machinery so
+Both are pick-and-place episodes of a 7-D action (absolute end-effector position and rotation
+targets for the next step, gripper) with an 8-D state and one 64x64 JPEG camera, written with TFDS's own builder machinery so
 they are ordinary TFDS directories. They differ the way sim and real data do: the sim gripper is
 continuous in [-1, 1], the real one quantized to {0, 1}; the sim workspace is wider. Generation is
 deterministic (fixed seeds, no shuffling).
@@ -9,6 +9,8 @@ deterministic (fixed seeds, no shuffling).
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ SAMPLE_DATASETS = {
     "real_pick": ("real", 1, 24, True, 0.12),
 }
 ACTION_DIM, STATE_DIM, IMAGE_SIZE = 7, 8, 64
+# Bumped whenever the generated data changes, so an older sample on disk is regenerated.
+SAMPLE_REVISION = 2
 
 
 def _features():
@@ -52,8 +56,10 @@ def _episode(rng: np.random.Generator, index: int, quantized: bool, half_width: 
     grip = np.clip(np.tanh(6 * (phase[:, 0] - 0.5)) + rng.normal(0, 0.05, t_len), -1, 1)
     if quantized:
         grip = (grip > 0).astype(np.float64)
-    # action: the position step to the next state, the rotation target, the gripper command
-    action = np.concatenate([np.diff(pos, axis=0, append=pos[-1:]), rot, grip[:, None]], axis=1).astype(np.float32)
+    # action: the next step's end-effector pose (absolute targets) and the gripper command; the
+    # config's delta_mask makes the chunk relative to the current state, as openpi does
+    target = np.concatenate([pos[1:], pos[-1:]], axis=0)
+    action = np.concatenate([target, rot, grip[:, None]], axis=1).astype(np.float32)
     state = np.concatenate([pos, rot, grip[:, None], np.zeros((t_len, 1))], axis=1).astype(np.float32)
     frames = np.zeros((t_len, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     cx = np.clip(((pos[:, 0] - 0.25) / 0.6 + 0.5) * IMAGE_SIZE, 4, IMAGE_SIZE - 5).astype(int)
@@ -85,12 +91,16 @@ def write_sample(out_dir: str | Path) -> Path:
         episodes = [_episode(rng, i, quantized, half_width, name) for i in range(n)]
         n_val = max(2, n // 8)
         version_dir = out / name / "1.0.0"
-        if not (version_dir / "dataset_info.json").exists():
+        description = f"stepnorm sample mixture (revision {SAMPLE_REVISION}): {domain} pick-and-place"
+        info = version_dir / "dataset_info.json"
+        if info.exists() and json.loads(info.read_text()).get("description") != description:
+            shutil.rmtree(version_dir)  # written by an older stepnorm: regenerate
+        if not info.exists():
             tfds.dataset_builders.store_as_tfds_dataset(
                 name=name, version="1.0.0", features=_features(),
                 split_datasets={"train": [(i, e) for i, e in enumerate(episodes[n_val:])],
                                 "val": [(i, e) for i, e in enumerate(episodes[:n_val])]},
-                data_dir=str(out), description=f"stepnorm sample mixture: {domain} pick-and-place",
+                data_dir=str(out), description=description,
                 disable_shuffling=True,
             )
         entries.append({
@@ -100,6 +110,7 @@ def write_sample(out_dir: str | Path) -> Path:
         })
     config = {
         "horizon": 8,
+        "delta_mask": [True] * 6 + [False],
         "quantiles": [0.01, 0.5, 0.99],
         "weighting": "samples",
         "normalization": {"action": {"mode": "q01_q99", "mask": [True] * 6 + [False]},

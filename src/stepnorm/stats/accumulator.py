@@ -111,16 +111,16 @@ class ChunkStatsAccumulator:
     def plain_dims(self) -> np.ndarray:
         return np.setdiff1d(np.arange(self.action_dim), self.delta_dims)
 
-    def _init_layout(self, action_dim: int, state_dim: int | None) -> None:
+    def _init_layout(self, action_dim: int, state_dim: int | None, where: str) -> None:
         spec = self.spec
         if spec.delta_mask is not None and len(spec.delta_mask) != action_dim:
             raise InputDataError(
-                self.name, f"delta_mask has {len(spec.delta_mask)} entries but the action has {action_dim} dims"
+                where, f"delta_mask has {len(spec.delta_mask)} entries but the action has {action_dim} dims"
             )
         n_delta = len(self.delta_dims)
         if n_delta and (state_dim is None or self.delta_dims.max() >= state_dim):
             raise InputDataError(
-                self.name,
+                where,
                 f"delta_mask marks action dims {self.delta_dims.tolist()} relative to the state, "
                 f"but the state has {state_dim or 0} dims",
             )
@@ -152,7 +152,7 @@ class ChunkStatsAccumulator:
             if t_len == 0:
                 self.num_episodes += 1
                 return
-            self._init_layout(action.shape[1], state_dim)
+            self._init_layout(action.shape[1], state_dim, where)
         elif action.shape[1] != self.action_dim or state_dim != self.state_dim:
             raise InputDataError(
                 where,
