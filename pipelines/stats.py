@@ -225,13 +225,14 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     t0 = time.monotonic()
     out = Path(out_dir).resolve()
     fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
-    cached, status = {}, {}
+    cached, blobs, status = {}, {}, {}
     for ds in cfg.datasets:
         key = f"{ds.name}-{fingerprints[ds.name]}"
         acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
         if not force and acc_path.exists() and sample_path.exists():
-            cached[ds.name] = DatasetSummary(ChunkStatsAccumulator.from_bytes(acc_path.read_bytes()),
-                                             DatasetSample.from_bytes(sample_path.read_bytes()))
+            blobs[ds.name] = (acc_path.read_bytes(), sample_path.read_bytes())
+            cached[ds.name] = DatasetSummary(ChunkStatsAccumulator.from_bytes(blobs[ds.name][0]),
+                                             DatasetSample.from_bytes(blobs[ds.name][1]))
             status[ds.name] = "reused"
     todo = [ds.name for ds in cfg.datasets if ds.name not in cached]
     staging_root = out.parent if out.parent.exists() else Path(tempfile.gettempdir())
@@ -242,9 +243,11 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     accs = {name: s.acc for name, s in summaries.items()}
     _check_counts(cfg, accs, computed)
     doc = artifact_from_accumulators(cfg, accs, fingerprints)
+    for name in computed:
+        blobs[name] = (summaries[name].acc.to_bytes(), summaries[name].sample.to_bytes())
     keys = {name: f"{name}-{fingerprints[name]}" for name in summaries}
-    stats_path = write_artifact(out, doc, {keys[n]: s.acc.to_bytes() for n, s in summaries.items()},
-                                {keys[n]: s.sample.to_bytes() for n, s in summaries.items()})
+    stats_path = write_artifact(out, doc, {keys[n]: b[0] for n, b in blobs.items()},
+                                {keys[n]: b[1] for n, b in blobs.items()})
     for ds in cfg.datasets:
         acc = accs[ds.name]
         log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps")

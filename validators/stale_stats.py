@@ -1,8 +1,8 @@
 """``stale_stats``: the artifact no longer matches the config and the datasets.
 
-The artifact's fingerprint covers the resolved config (less its gate-only sections) and every dataset's fingerprint (file
-identities, metadata, transforms, statistics config); ``expected_fingerprint`` recomputes it from
-the current config without reading data (``stepnorm.compute.staleness``). On a mismatch, the findings name what changed: which
+The artifact's fingerprint covers the resolved config (less its gate-only sections) and every
+dataset's fingerprint (file identities, metadata, transforms, statistics config);
+``stepnorm.compute.staleness`` recomputes it from the current config without reading data. On a mismatch, the findings name what changed: which
 datasets, and which top-level config keys.
 """
 

@@ -55,14 +55,6 @@ def artifact_from_accumulators(cfg: Config, accumulators: Mapping[str, ChunkStat
     )
 
 
-def expected_fingerprint(cfg: Config) -> str:
-    """The fingerprint an artifact computed now from ``cfg`` and its datasets would carry (reads no data)."""
-    from stepnorm.artifact import artifact_fingerprint
-    from stepnorm.sources import dataset_fingerprint
-
-    return artifact_fingerprint(cfg.resolved(), {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets})
-
-
 @dataclass
 class Staleness:
     """How an artifact differs from what ``cfg`` and its datasets would give now."""
@@ -79,20 +71,21 @@ class Staleness:
 
 def staleness(cfg: Config, doc: Mapping) -> Staleness:
     """Compare an artifact document with the current config and datasets (reads no data)."""
-    from stepnorm.artifact import GATE_ONLY_KEYS, canonical_json
+    from stepnorm.artifact import GATE_ONLY_KEYS, artifact_fingerprint, canonical_json
     from stepnorm.sources import dataset_fingerprint
 
     current, recorded = cfg.resolved(), doc.get("config", {})
     keys = sorted(k for k in (set(current) | set(recorded)) - set(GATE_ONLY_KEYS)
                   if canonical_json(current.get(k)) != canonical_json(recorded.get(k)))
+    now = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
     changes = {}
-    for ds in cfg.datasets:
-        old = doc["datasets"].get(ds.name, {}).get("fingerprint")
+    for name, fp in now.items():
+        old = doc["datasets"].get(name, {}).get("fingerprint")
         if old is None:
-            changes[ds.name] = "added"
-        elif old != dataset_fingerprint(cfg, ds):
-            changes[ds.name] = "changed"
+            changes[name] = "added"
+        elif old != fp:
+            changes[name] = "changed"
     for name in doc["datasets"]:
-        if name not in {ds.name for ds in cfg.datasets}:
+        if name not in now:
             changes[name] = "removed"
-    return Staleness(expected_fingerprint(cfg) != doc["fingerprint"], keys, changes)
+    return Staleness(artifact_fingerprint(current, now) != doc["fingerprint"], keys, changes)
