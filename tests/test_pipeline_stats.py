@@ -178,6 +178,7 @@ def _edited_sample_config(sample_dir, tmp_path, edit):
         transforms=[{"name": "select_dims", "args": {"key": "action", "dims": [0, 1, 2]}}])),
      r"dims differ across datasets \(sim_pick: action 7, state 8, real_pick: action 3, state 8\)"),
     (lambda c: c.update(horizon=0), r"horizon must be an integer >= 1"),
+    (lambda c: c["datasets"][0].update(max_frames=10), r"max_frames applies to lerobot datasets"),
 ])
 def test_bad_input_and_config(sample_dir, tmp_path, capsys, edit, pattern):
     path = _edited_sample_config(sample_dir, tmp_path, edit)

@@ -224,6 +224,9 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
         max_frames = item.get("max_frames")
         if max_frames is not None:
             max_frames = _int(max_frames, where, f"{label}.max_frames", minimum=1)
+            if item["format"] != "lerobot":
+                raise ConfigError(where, f"{label}.max_frames applies to lerobot datasets; for rlds use a split "
+                                         f"slice such as 'train[:10%]'")
         out.append(DatasetConfig(
             name=name, format=item["format"], path=path, split=item.get("split", "train"),
             weight=float(weight), domain=item.get("domain", "real"), action_key=item.get("action_key", "action"),
