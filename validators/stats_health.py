@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stepnorm.normalize import DEFAULT_CLIP, DEFAULT_FLOOR
-from stepnorm.stats.combine import quantile_key
+from stepnorm.normalize import DEFAULT_CLIP, DEFAULT_FLOOR, center_and_spread
 from stepnorm.validators.base import Finding, ValidationContext, validator
 
 _KINDS = {"action": ("global", "pooled", "per_timestep"), "state": ("global",)}
@@ -28,14 +27,6 @@ def _blocks(ctx: ValidationContext) -> list[tuple[str, str | None, bool]]:
     """(label, dataset or None for combined, whether the normalizer uses it)."""
     per_dataset = ctx.cfg.normalize_with == "per_dataset"
     return [("combined", None, not per_dataset)] + [(n, n, per_dataset) for n in ctx.artifact.dataset_names]
-
-
-def _spread(st: dict, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Center and half-spread as the normalizer computes them (see stepnorm.normalize)."""
-    if mode == "mean_std":
-        return st["mean"], st["std"]
-    lo, hi = (st["min"], st["max"]) if mode == "min_max" else (st[quantile_key(0.01)], st[quantile_key(0.99)])
-    return (lo + hi) / 2, (hi - lo) / 2
 
 
 def _dim_rows(ctx: ValidationContext, label: str, dataset: str | None, used: bool, key: str) -> list[dict]:
@@ -68,7 +59,7 @@ def _dim_rows(ctx: ValidationContext, label: str, dataset: str | None, used: boo
             if kind not in kinds:
                 continue
             st = kinds[kind]
-            center, spread = _spread(st, spec.mode)
+            center, spread = center_and_spread(st, spec.mode)
             extent = np.maximum(np.abs(st["max"] - center), np.abs(st["min"] - center))
             if kind == "global":
                 cases = [("global", center[d], spread[d], extent[d], st["min"][d], st["max"][d])]

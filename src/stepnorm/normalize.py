@@ -50,22 +50,25 @@ class NormParams:
         return NormParams(self.center[:h], self.scale[:h], self.active[:h], self.degenerate[:h], self.empty[:h])
 
 
-def norm_params(stats: Mapping[str, np.ndarray], mode: str, mask: Sequence[bool] | None = None,
-                floor: float = DEFAULT_FLOOR) -> NormParams:
-    """Affine parameters for ``mode`` from a STATS block (arrays ``[D]`` or ``[H, D]``)."""
+def center_and_spread(stats: Mapping[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, scale)`` of ``mode`` before any floor: mean/std, or the middle and half-width of
+    ``[min, max]`` / ``[q01, q99]`` (arrays ``[D]`` or ``[H, D]``, float64)."""
     if mode not in MODES:
         raise ValueError(f"normalization mode must be one of {MODES}, got {mode!r}")
     if mode == "mean_std":
-        center = np.asarray(stats["mean"], np.float64)
-        spread = np.asarray(stats["std"], np.float64)
-    else:
-        lo_key, hi_key = ("min", "max") if mode == "min_max" else ("q01", "q99")
-        if lo_key not in stats or hi_key not in stats:
-            raise ValueError(f"mode {mode} needs statistics {lo_key!r} and {hi_key!r}")
-        lo = np.asarray(stats[lo_key], np.float64)
-        hi = np.asarray(stats[hi_key], np.float64)
-        center = (lo + hi) / 2.0
-        spread = (hi - lo) / 2.0
+        return np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+    lo_key, hi_key = ("min", "max") if mode == "min_max" else ("q01", "q99")
+    if lo_key not in stats or hi_key not in stats:
+        raise ValueError(f"mode {mode} needs statistics {lo_key!r} and {hi_key!r}")
+    lo = np.asarray(stats[lo_key], np.float64)
+    hi = np.asarray(stats[hi_key], np.float64)
+    return (lo + hi) / 2.0, (hi - lo) / 2.0
+
+
+def norm_params(stats: Mapping[str, np.ndarray], mode: str, mask: Sequence[bool] | None = None,
+                floor: float = DEFAULT_FLOOR) -> NormParams:
+    """Affine parameters for ``mode`` from a STATS block (arrays ``[D]`` or ``[H, D]``)."""
+    center, spread = center_and_spread(stats, mode)
     on = np.ones(center.shape, bool)
     if mask is not None:
         mask = np.asarray(mask, bool)
