@@ -40,7 +40,7 @@ FILE_COPY = textwrap.dedent("""
 
 PLAIN_COPY = textwrap.dedent("""
     import sys, apache_beam as beam
-    from stepnorm.pipelines.stats import make_pipeline_options
+    from stepnorm.pipelines.stats_beam import make_pipeline_options
     src, dst, shards, *beam_args = sys.argv[1:]
     options, runner = make_pipeline_options(beam_args)
     with beam.Pipeline(runner=runner, options=options) as p:
@@ -52,7 +52,7 @@ TFDS_COPY = textwrap.dedent("""
     import os, sys, apache_beam as beam
     from apache_beam.io.filesystems import CompressionTypes, FileSystems
     from apache_beam.io.tfrecordio import _TFRecordUtil
-    from stepnorm.pipelines.stats import make_pipeline_options
+    from stepnorm.pipelines.stats_beam import make_pipeline_options
     from stepnorm.sources.rlds import iter_shard_records, rlds_builder, shard_reads
 
     class CopyShard(beam.DoFn):

@@ -52,7 +52,7 @@ from stepnorm.compute import staleness
 from stepnorm.config import Config, DatasetConfig
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
 from stepnorm.normalize import Normalizer
-from stepnorm.pipelines.stats import _progress_bar, run_beam
+from stepnorm.pipelines.stats_beam import _progress_bar, run_beam
 from stepnorm.sources import ReadTask, read_task, read_tasks
 from stepnorm.sources.base import Episode
 from stepnorm.sources.transforms import apply_transforms, build_transforms

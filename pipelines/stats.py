@@ -1,93 +1,25 @@
-"""The Beam statistics pipeline: episodes -> per-dataset accumulators -> mixture -> artifact.
+"""The statistics pipeline: episodes -> per-dataset accumulators -> mixture -> artifact.
 
-Read tasks (RLDS shard reads, LeRobot datasets) are spread over workers; each task's episodes go
-into a ``CombinePerKey`` around the core accumulator, so Beam combines per bundle and across
-workers. Datasets whose fingerprint matches a cached accumulator are not read at all.
-
-Runs with Beam's local FnApiRunner unless ``--runner`` is given (the default DirectRunner would
-first try to download a Prism binary); ``--direct_running_mode multi_processing
---direct_num_workers 2`` runs the same pipeline on two processes.
+Datasets whose fingerprint matches a cached accumulator are not read at all; the others go through
+the Beam pipeline in ``stepnorm.pipelines.stats_beam`` (imported only when something must be read).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
-
 from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, write_artifact
-from stepnorm.compute import accumulator_spec, artifact_from_accumulators
+from stepnorm.compute import artifact_from_accumulators
 from stepnorm.config import Config
-from stepnorm.errors import InputDataError, StepnormError, UsageError
-from stepnorm.sources import ReadTask, dataset_fingerprint, read_task, read_tasks
-from stepnorm.samples import DatasetSample, pick_frame
+from stepnorm.errors import InputDataError
+from stepnorm.samples import DatasetSample
+from stepnorm.sources import dataset_fingerprint, read_tasks
 from stepnorm.stats import ChunkStatsAccumulator
-
-
-def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, object | None]:
-    """Beam options from pass-through args, and the runner to use (FnApiRunner by default).
-
-    Beam silently discards options it does not know; a typo there would change how a job runs,
-    so unknown options are a usage error.
-    """
-    options = PipelineOptions(list(beam_args))
-    known = set(options.get_all_options())
-    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
-    if unknown:
-        raise UsageError(None, f"unknown Beam pipeline option(s): {', '.join('--' + u for u in unknown)}")
-    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
-        return options, None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    return options, FnApiRunner()
-
-
-def _progress_bar(label: str):
-    """A tqdm bar of episodes (and steps/s) on stderr for local runs; silent when not a terminal."""
-    from tqdm import tqdm
-
-    enabled = sys.stderr.isatty() or os.environ.get("STEPNORM_PROGRESS") == "1"
-    return tqdm(desc=f"{label} (pid {os.getpid()})", unit=" episodes", file=sys.stderr, disable=not enabled,
-                mininterval=1.0, leave=False)
-
-
-class ReadEpisodesFn(beam.DoFn):
-    """ReadTask -> (dataset name, Episode), with transforms applied."""
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.by_name = {ds.name: ds for ds in cfg.datasets}
-
-    def setup(self):
-        self.progress = _progress_bar("reading")
-        self.steps, self.started = 0, time.monotonic()
-        self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
-
-    def teardown(self):
-        self.progress.close()
-
-    def process(self, task: ReadTask):
-        ds = self.by_name[task.dataset]
-        image_keys = ds.image_keys if ds.format == "rlds" else ()
-        for episode in read_task(ds, task, image_keys=image_keys):
-            self.steps += episode.length
-            self.progress.update(1)
-            self.progress.set_postfix_str(f"{self.steps / max(time.monotonic() - self.started, 1e-9):.0f} steps/s",
-                                          refresh=False)
-            self.episodes_counter.inc()
-            # Only one frame per episode and camera can enter the sample: ship just that one.
-            episode.images = {k: [frames[pick_frame(ds.name, k, episode.index, len(frames))]]
-                              for k, frames in episode.images.items() if len(frames)}
-            yield task.dataset, episode
 
 
 class DatasetSummary:
@@ -109,46 +41,6 @@ class DatasetSummary:
         return cls(ChunkStatsAccumulator.from_bytes(blob[8 : 8 + n]), DatasetSample.from_bytes(blob[8 + n :]))
 
 
-class AccumulateFn(beam.CombineFn):
-    """Beam CombineFn around ``ChunkStatsAccumulator`` (+ the sample): create/add/merge/extract."""
-
-    def __init__(self, cfg: Config):
-        self.spec = accumulator_spec(cfg)
-
-    def create_accumulator(self):
-        return DatasetSummary(ChunkStatsAccumulator(self.spec), DatasetSample())
-
-    def add_input(self, summary, episode):
-        summary.acc.name = episode.dataset
-        summary.acc.add_episode(episode.action, episode.state, source=episode.source)
-        summary.sample.add_episode(episode.dataset, episode.index, episode.action, episode.state, episode.images)
-        return summary
-
-    def merge_accumulators(self, summaries):
-        summaries = iter(summaries)
-        first = next(summaries)
-        for other in summaries:
-            if other.acc.name != "dataset":
-                first.acc.name = other.acc.name
-            first.acc.merge(other.acc)
-            first.sample.merge(other.sample)
-        return first
-
-    def compact(self, summary):
-        summary.acc.flush()
-        return summary
-
-    def extract_output(self, summary):
-        return summary.to_bytes()
-
-
-def _write_blob(item, staging: str):
-    name, blob = item
-    with FileSystems.create(f"{staging}/{name}.acc") as handle:
-        handle.write(blob)
-    return name
-
-
 @dataclass
 class StatsResult:
     stats_path: Path
@@ -157,66 +49,10 @@ class StatsResult:
 
 
 def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, DatasetSummary]:
-    """Run the Beam pipeline over ``names`` and return their accumulators and samples.
+    """Run the Beam pipeline over ``names``; see ``stepnorm.pipelines.stats_beam.compute_summaries``."""
+    from stepnorm.pipelines.stats_beam import compute_summaries as run
 
-    Workers hand their results over through files under ``--temp_location`` when it is set (it is on
-    Dataflow, where workers cannot write to the launcher's disk), else under ``staging_root``.
-    """
-    by_name = {ds.name: ds for ds in cfg.datasets}
-    tasks = [t for name in names for t in read_tasks(by_name[name])]
-    options, _ = make_pipeline_options(beam_args)
-    root = options.view_as(GoogleCloudOptions).temp_location or str(staging_root)
-    staging = FileSystems.join(root, f".stepnorm-staging-{uuid.uuid4().hex}")
-    FileSystems.mkdirs(staging)
-    try:
-        run_beam(beam_args, lambda p: (
-            p
-            | "Tasks" >> beam.Create(tasks)
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
-            | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
-            | "Stage" >> beam.Map(_write_blob, staging)
-        ))
-        out = {}
-        for name in names:
-            path = FileSystems.join(staging, f"{name}.acc")
-            if not FileSystems.exists(path):
-                raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
-            with FileSystems.open(path) as handle:
-                out[name] = DatasetSummary.from_bytes(handle.read())
-        return out
-    finally:
-        if FileSystems.exists(staging):
-            FileSystems.delete([staging])
-
-
-def run_beam(beam_args: Sequence[str], build) -> None:
-    """Build a pipeline with ``build(p)`` and run it to completion (FnApiRunner unless ``--runner``).
-
-    A StepnormError raised inside a worker comes back as itself, so the CLI prints one line.
-    """
-    options, runner = make_pipeline_options(beam_args)
-    try:
-        with beam.Pipeline(runner=runner, options=options) as p:
-            build(p)
-    except StepnormError:
-        raise
-    except Exception as exc:  # Beam wraps worker exceptions; surface ours
-        inner = _find_stepnorm_error(exc)
-        if inner is not None:
-            raise inner from None
-        raise
-
-
-def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:
-    """Beam re-raises worker errors wrapped (sometimes only as text); recover the original."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, StepnormError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return run(cfg, names, beam_args, staging_root)
 
 
 def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = (), force: bool = False,
@@ -265,6 +101,4 @@ def _check_counts(cfg: Config, accs, computed) -> None:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["AccumulateFn", "DatasetSummary", "ReadEpisodesFn", "StatsResult", "compute_summaries", "make_pipeline_options",
-           "run_beam",
-           "run_stats", "STATS_FILE"]
+__all__ = ["DatasetSummary", "StatsResult", "compute_summaries", "run_stats", "STATS_FILE"]

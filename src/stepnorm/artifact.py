@@ -61,9 +61,15 @@ def artifact_fingerprint(config: Mapping, dataset_fingerprints: Mapping[str, str
 # -- JSON conversion ------------------------------------------------------------------------------
 def jsonable(obj: Any) -> Any:
     """Plain JSON data from numpy values: arrays -> lists, NaN/Inf -> None (strict JSON has no NaN)."""
-    if isinstance(obj, Mapping):
+    # Leaves first, by exact type: artifacts hold ~10^4 floats and the ABC checks below are slow.
+    kind = type(obj)
+    if kind is float:
+        return obj if math.isfinite(obj) else None
+    if kind is bool or kind is int or kind is str or obj is None:
+        return obj
+    if kind is dict or isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if kind is list or isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return jsonable(obj.tolist())

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args.beam_args = extra
     try:
         if extra:  # fail before any work, even when every dataset would come from the cache
-            from stepnorm.pipelines.stats import make_pipeline_options
+            from stepnorm.pipelines.stats_beam import make_pipeline_options
 
             make_pipeline_options(extra)
         return int(args.func(args) or 0)
