@@ -12,6 +12,7 @@ first try to download a Prism binary); ``--direct_running_mode multi_processing
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -38,16 +39,23 @@ def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, ob
     Beam silently discards options it does not know; a typo there would change how a job runs,
     so unknown options are a usage error.
     """
-    options = PipelineOptions(list(beam_args))
-    known = set(options.get_all_options())
-    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
+    unknown = _unknown_options(tuple(beam_args))
     if unknown:
         raise UsageError(None, f"unknown Beam pipeline option(s): {', '.join('--' + u for u in unknown)}")
+    options = PipelineOptions(list(beam_args))
     if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
         return options, None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return options, FnApiRunner()
+
+
+@functools.lru_cache(maxsize=16)
+def _unknown_options(beam_args: tuple[str, ...]) -> list[str]:
+    """Options Beam would drop (cached: each check builds Beam's whole option parser twice)."""
+    options = PipelineOptions(list(beam_args))
+    known = set(options.get_all_options())
+    return sorted(set(options.get_all_options(retain_unknown_options=True)) - known)
 
 
 def _progress_bar(label: str):
