@@ -118,16 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _BeamNoise(logging.Filter):
-    """Beam warns about optional Google Cloud clients on every import, and about options it discards
-    (which stepnorm reports itself, as an error); both are noise on the command line."""
+    """Beam warns about optional Google Cloud clients on every import, about options it discards
+    (which stepnorm reports itself, as an error) and, relayed from each multi_processing worker,
+    about a cache directory local workers never have; all noise on the command line."""
+
+    NOISE = ("apitools not found", "Discarding unparseable args", "No semi_persistent_directory found")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "apitools not found" not in message and "Discarding unparseable args" not in message
+        return not any(noise in message for noise in self.NOISE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    for logger in ("", "apache_beam.options.pipeline_options"):
+    for logger in ("", "apache_beam.options.pipeline_options", "apache_beam.runners.portability.local_job_service"):
         logging.getLogger(logger).addFilter(_BeamNoise())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
