@@ -10,7 +10,7 @@ start-up), on an OXE-like RLDS dataset from bench/oxe_like.py whose pages are wa
   (c) normalize    `stepnorm normalize` (H=50 chunks, q01_q99 actions, mean_std state)
 Statistics are computed once beforehand and not timed. Targets: (c) <= 1.5x (b) and <= 3x (a).
 
-Usage: python bench/bench_normalize.py [--data /tmp/bench_norm] [--size-gb 1.0] [--workers 1]
+Usage: python bench/bench_normalize.py [--data /tmp/bench_norm] [--size-gb 1.3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _size(path: Path) -> int:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="/tmp/bench_norm")
-    parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--size-gb", type=float, default=1.3)
     parser.add_argument("--workers", type=int, default=1, help="> 1: Beam multi_processing with this many workers")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
