@@ -38,6 +38,17 @@ def test_any_split_merges_to_the_same_sample(labels, order):
     assert total.num_steps_seen == sum(len(a) for a, _ in EPISODES)
 
 
+def test_sample_is_the_bottom_k_of_all_step_priorities():
+    """Against a brute-force reference: every step's priority, one stable sort, the first k."""
+    from stepnorm.samples import step_priorities
+
+    prio = np.concatenate([step_priorities("d", i, len(a)) for i, (a, _) in enumerate(EPISODES)])
+    actions = np.concatenate([a for a, _ in EPISODES]).astype(np.float64)
+    keep = np.argsort(prio, kind="stable")[:64]
+    np.testing.assert_array_equal(WHOLE.priority, prio[keep])
+    np.testing.assert_array_equal(WHOLE.action, actions[keep])
+
+
 def test_sample_rows_are_real_steps_and_images_from_distinct_episodes():
     all_rows = {tuple(r) for a, _ in EPISODES for r in a}
     assert all(tuple(r) in all_rows for r in WHOLE.action)

@@ -94,6 +94,14 @@ class DatasetSample:
         if self.action is None:
             self.action = np.zeros((0, action.shape[1]))
             self.state = None if state is None else np.zeros((0, state.shape[1]))
+        if len(self.priority) >= self.max_steps:
+            # Full: only priorities below the largest kept one can enter (ties lose to the kept
+            # step, as in the stable sort below), so the sort and copies usually have nothing to do.
+            enter = prio < self.priority[-1]
+            if not enter.any():
+                return
+            prio, action = prio[enter], action[enter]
+            state = None if state is None else state[enter]
         all_prio = np.concatenate([self.priority, prio])
         keep = np.argsort(all_prio, kind="stable")[: self.max_steps]
         self.priority = all_prio[keep]
