@@ -2,8 +2,9 @@
 
 TFDS does the format work: ``tfds.builder_from_directory`` reads ``dataset_info.json`` and
 ``features.json``, split strings (``train``, ``val``, ``train[:90%]``) resolve to per-shard file
-instructions, and TFDS's numpy example parser decodes only the fields we ask for (float64 features
-stored as float32 come back as float64). Beam's TFRecord code reads the framing and checks CRCs.
+instructions, and TFDS's example proto and numpy conversion decode only the fields we ask for
+(float64 features stored as float32 come back as float64; encoded frames are not copied out unless
+used). Beam's TFRecord code reads the framing and checks CRCs.
 Works on any filesystem TFDS supports (local paths, ``gs://``).
 """
 
@@ -133,20 +134,34 @@ def _open_binary(path: str):
 def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key: str,
                         state_key: str | None, image_keys: Sequence[str] = (),
                         keep_serialized: bool = False) -> Iterator[Episode]:
-    """Episodes of one shard read: ``action [T, D]``, ``state [T, Ds]``, encoded images.
+    """Episodes of one shard read: ``action [T, D]``, ``state [T, Ds]``, images per step.
 
-    With ``keep_serialized`` the raw example bytes travel in ``extra["serialized"]`` (for writers
-    that must keep every original field).
+    Encoded images (JPEG/PNG bytes) come as a lazy sequence over the parsed example: a reader that
+    keeps one frame per episode copies one frame, not T. Images stored as raw tensors come as
+    arrays. With ``keep_serialized`` the raw example bytes travel in ``extra["serialized"]`` (for
+    writers that must keep every original field).
     """
+    from tensorflow_datasets.core import example_parser
+    from tensorflow_datasets.proto import tf_example_pb2
+
     keys = [action_key] + ([state_key] if state_key else []) + list(image_keys)
     parser = _parser(path, keys)
+    specs = parser.example_specs
+    encoded = {k for k in image_keys if specs[f"steps/{k}"].np_dtype == np.object_}
+    # TFDS's numpy conversion for everything but encoded images (it would copy every frame).
+    numeric = {k: v for k, v in specs.items() if k[len("steps/"):] not in encoded}
     for offset, record in enumerate(iter_shard_records(read)):
         where = f"{read.filename} (record {read.skip + offset})"
         try:
-            parsed = parser.parse_example(record)
+            example = tf_example_pb2.Example.FromString(record)
+            parsed = example_parser._features_to_numpy(example.features, numeric)
         except Exception as exc:  # protobuf DecodeError, reshape errors from a malformed episode
             raise InputDataError(where, f"cannot parse episode ({type(exc).__name__}: {exc})") from None
         flat = {k[len("steps/"):]: v for k, v in parsed.items() if k.startswith("steps/")}
+        for key in encoded:
+            feature = example.features.feature.get(f"steps/{key}")
+            if feature is not None:
+                flat[key] = feature.bytes_list.value
         action = flat.get(action_key)
         state = flat.get(state_key) if state_key else None
         if action is None:
@@ -165,7 +180,7 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
             if state.ndim == 1:
                 state = state[:, None]
         extra = {"serialized": record} if keep_serialized else {}
-        images = {k: list(flat[k]) for k in image_keys if flat.get(k) is not None}
+        images = {k: flat[k] if k in encoded else list(flat[k]) for k in image_keys if flat.get(k) is not None}
         yield Episode(dataset, where, read.first_index + offset, action, state, images, extra)
 
 
