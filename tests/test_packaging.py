@@ -15,6 +15,8 @@ def test_wheel_holds_only_the_stepnorm_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"stepnorm", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for module in ("stepnorm/pipelines/stats.py", "stepnorm/validators/base.py", "stepnorm/stats/accumulator.py",
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "stepnorm = stepnorm.cli:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    for module in ("stepnorm/pipelines/stats.py", "stepnorm/pipelines/stats_beam.py", "stepnorm/validators/base.py", "stepnorm/stats/accumulator.py",
                    "stepnorm/sources/rlds.py", "stepnorm/exporters/openpi.py"):
         assert module in names

@@ -245,3 +245,24 @@ def test_unknown_beam_option_is_a_usage_error(sample_dir, tmp_path, capsys):
     _expect_error(["stats", str(sample_dir / "config.yaml"), "--out", str(tmp_path / "o" / "stats"),
                    "--direct_num_wrokers", "2"], capsys, r"unknown Beam pipeline option\(s\): --direct_num_wrokers",
                   tmp_path / "o" / "stats")
+
+
+def test_console_entry_flushes_output_and_keeps_exit_codes(sample_dir, tmp_path):
+    """`stepnorm` (cli.entry) leaves without interpreter teardown: output and exit codes must survive."""
+    import subprocess
+    import sys
+
+    def entry(*args):
+        return subprocess.run([sys.executable, "-c", "from stepnorm.cli import entry; entry()", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    ok = entry("stats", str(sample_dir / "config.yaml"), "--out", str(tmp_path / "stats"))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.rstrip().splitlines()[-1].startswith("stats artifact: ")
+    assert json.loads((tmp_path / "stats" / "stats.json").read_text())["datasets"]
+    bad = entry("stats", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("stepnorm: error: ") and "missing.yaml" in bad.stderr
+    assert not (tmp_path / "x").exists()
+    usage = entry("stats")
+    assert usage.returncode == 2 and "required" in usage.stderr
+    assert entry("--help").returncode == 0
