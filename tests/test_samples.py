@@ -92,3 +92,25 @@ def test_images_stored_as_tensors_survive_as_npy():
     decoded = [decode_frame(f) for f in back.images["cam"]]
     assert len(decoded) == 2 and all(d.dtype == np.float32 and d.shape == (4, 4, 3) for d in decoded)
     assert decode_frame(b"\xff\xd8\xff\xe0 jpeg") is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 20), min_size=1, max_size=30), min_size=1, max_size=40),
+       st.integers(1, 40))
+def test_pending_merge_keeps_the_bottom_k_with_ties_broken_by_arrival(batches, k):
+    """Priorities with many ties, offered batch by batch: the kept rows are the first k of one stable
+    sort over everything offered (ties go to whatever arrived first)."""
+    s = DatasetSample(max_steps=k)
+    rows, prios = [], []
+    for batch in batches:
+        prio = np.asarray(batch, np.float64)
+        ids = np.arange(len(rows), len(rows) + len(prio), dtype=np.float64)[:, None]
+        s._merge_steps(prio, ids, ids * 2)
+        rows += list(ids[:, 0])
+        prios += list(prio)
+        if len(rows) % 3 == 0:  # read in between sometimes: flushes must not change the outcome
+            assert len(s.priority) <= k
+    keep = np.argsort(np.asarray(prios), kind="stable")[:k]
+    np.testing.assert_array_equal(s.priority, np.asarray(prios)[keep])
+    np.testing.assert_array_equal(s.action[:, 0], np.asarray(rows)[keep])
+    np.testing.assert_array_equal(s.state[:, 0], 2 * np.asarray(rows)[keep])

@@ -59,16 +59,39 @@ def frame_priority(dataset: str, key: str, episode_index: int) -> float:
 
 @dataclass
 class DatasetSample:
-    """Bottom-k sample of one dataset's steps (and encoded frames per image key)."""
+    """Bottom-k sample of one dataset's steps (and encoded frames per image key).
+
+    ``priority`` (ascending), ``action [K, D]`` and ``state [K, Ds]`` are the kept steps. Offered
+    steps wait in a pending list and are merged in one sort once there are ``max_steps`` of them
+    (or when the sample is read): re-sorting the whole sample per episode would cost more than
+    reading the episode. Steps whose priority cannot beat the largest kept one never wait.
+    """
 
     max_steps: int = DEFAULT_MAX_STEPS
     max_images: int = DEFAULT_MAX_IMAGES
     num_steps_seen: int = 0
-    priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    action: np.ndarray | None = None  # [K, D] float64
-    state: np.ndarray | None = None  # [K, Ds] float64
+    _priority: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    _action: np.ndarray | None = None  # [K, D] float64
+    _state: np.ndarray | None = None  # [K, Ds] float64
     image_priority: dict[str, np.ndarray] = field(default_factory=dict)
     images: dict[str, list[bytes]] = field(default_factory=dict)
+    _pending: list = field(default_factory=list, repr=False, compare=False)
+    _pending_rows: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def priority(self) -> np.ndarray:
+        self._flush()
+        return self._priority
+
+    @property
+    def action(self) -> np.ndarray | None:
+        self._flush()
+        return self._action
+
+    @property
+    def state(self) -> np.ndarray | None:
+        self._flush()
+        return self._state
 
     def add_episode(self, dataset: str, episode_index: int, action: np.ndarray, state: np.ndarray | None = None,
                     images: dict[str, list[bytes]] | None = None) -> None:
@@ -91,23 +114,36 @@ class DatasetSample:
                 self._merge_images(key, np.asarray([frame_priority(dataset, key, episode_index)]), [frames[chosen]])
 
     def _merge_steps(self, prio, action, state) -> None:
-        if self.action is None:
-            self.action = np.zeros((0, action.shape[1]))
-            self.state = None if state is None else np.zeros((0, state.shape[1]))
-        if len(self.priority) >= self.max_steps:
-            # Full: only priorities below the largest kept one can enter (ties lose to the kept
-            # step, as in the stable sort below), so the sort and copies usually have nothing to do.
-            enter = prio < self.priority[-1]
+        if self._action is None and not self._pending:
+            self._action = np.zeros((0, action.shape[1]))
+            self._state = None if state is None else np.zeros((0, state.shape[1]))
+        if len(self._priority) >= self.max_steps:
+            # Only priorities below the largest kept one can enter (ties lose to the kept step,
+            # which arrived first); the kept maximum only falls, so this filter stays valid.
+            enter = prio < self._priority[-1]
             if not enter.any():
                 return
             prio, action = prio[enter], action[enter]
             state = None if state is None else state[enter]
-        all_prio = np.concatenate([self.priority, prio])
+        self._pending.append((prio, action, state))
+        self._pending_rows += len(prio)
+        if self._pending_rows >= self.max_steps:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Merge the pending steps: one stable sort of kept + pending (kept first: they arrived
+        first, so ties resolve by arrival, exactly as merging one episode at a time)."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        all_prio = np.concatenate([self._priority] + [p for p, _, _ in pending])
         keep = np.argsort(all_prio, kind="stable")[: self.max_steps]
-        self.priority = all_prio[keep]
-        self.action = np.concatenate([self.action, action])[keep]
-        if state is not None and self.state is not None:
-            self.state = np.concatenate([self.state, state])[keep]
+        self._priority = all_prio[keep]
+        self._action = np.concatenate([self._action] + [a for _, a, _ in pending])[keep]
+        if self._state is not None and all(st is not None for _, _, st in pending):
+            self._state = np.concatenate([self._state] + [st for _, _, st in pending])[keep]
+        else:
+            self._state = None  # a sample keeps states only if every offered step had one
 
     def _merge_images(self, key, prio, frames) -> None:
         frames = [_frame_bytes(f) for f in frames]
