@@ -103,3 +103,78 @@ def test_remote_shards_are_read_through_tensorflow_filesystems(f64_dataset):
         out.write(shard.read_bytes())
     local = list(iter_shard_records(ShardRead(str(shard), 0, 3, 0)))
     assert list(iter_shard_records(ShardRead(remote, 1, 2, 1))) == local[1:]
+
+
+@pytest.fixture(scope="module")
+def dict_action_dataset(tmp_path_factory):
+    """An OXE-style dataset whose action is a dict (fractal/toto layout)."""
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({"steps": tfds.features.Dataset({
+        "action": {"world_vector": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                   "rotation_delta": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                   "gripper_closedness_action": tfds.features.Tensor(shape=(1,), dtype=np.float32),
+                   "open_gripper": np.bool_},
+        "observation": {"state": tfds.features.Tensor(shape=(2,), dtype=np.float32)}})})
+    rng = np.random.default_rng(5)
+    episodes = []
+    for t in (5, 0, 9):
+        episodes.append({"steps": {
+            "action": {"world_vector": rng.normal(size=(t, 3)).astype(np.float32),
+                       "rotation_delta": rng.normal(size=(t, 3)).astype(np.float32),
+                       "gripper_closedness_action": rng.choice([-1.0, 0.0, 1.0], size=(t, 1)).astype(np.float32),
+                       "open_gripper": rng.random(t) > 0.5},
+            "observation": {"state": rng.normal(size=(t, 2)).astype(np.float32)}}})
+    builder = tfds.dataset_builders.store_as_tfds_dataset(
+        name="dict_action", version="1.0.0", features=features, split_datasets={"train": list(enumerate(episodes))},
+        data_dir=str(tmp_path_factory.mktemp("dict_action")), disable_shuffling=True)
+    return str(builder.data_dir), episodes
+
+
+def test_action_from_several_step_keys_is_their_concatenation(dict_action_dataset):
+    path, episodes = dict_action_dataset
+    keys = ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action", "action/open_gripper"]
+    eps = _read(path, action_key=keys, state_key=["observation/state", "action/open_gripper"])
+    assert [e.length for e in eps] == [5, 0, 9]
+    for ep, src in zip(eps, episodes):
+        a = src["steps"]["action"]
+        expected = np.concatenate([a["world_vector"], a["rotation_delta"], a["gripper_closedness_action"],
+                                   a["open_gripper"][:, None].astype(np.float32)], axis=1)
+        np.testing.assert_array_equal(ep.action, expected)
+        assert ep.action.shape == (len(expected), 8) and ep.state.shape == (len(expected), 3)
+        np.testing.assert_array_equal(ep.state[:, 2], a["open_gripper"])
+    with pytest.raises(InputDataError, match="no step feature 'action/gripper'"):
+        _read(path, action_key=["action/world_vector", "action/gripper"])
+
+
+def test_stats_cli_with_a_list_action_key_and_octo_transforms(dict_action_dataset, tmp_path):
+    """End to end: fractal-style dict action -> 7-D with Octo's gripper latch; stats match a reference."""
+    import json
+
+    import yaml
+
+    from stepnorm.cli import main
+
+    path, episodes = dict_action_dataset
+    cfg = {"horizon": 4, "datasets": [{
+        "name": "fractal_like", "format": "rlds", "path": path,
+        "action_key": ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"],
+        "transforms": [{"name": "latch_gripper", "args": {"dim": 6}}]}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["stats", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "stats.json").read_text())
+    block = doc["datasets"]["fractal_like"]["action"]
+    from test_transforms import octo_rel2abs_loop
+
+    actions = []
+    for src in episodes:
+        a = src["steps"]["action"]
+        if len(a["world_vector"]):
+            grip = octo_rel2abs_loop(a["gripper_closedness_action"][:, 0].astype(np.float64))
+            actions.append(np.concatenate([a["world_vector"], a["rotation_delta"], grip[:, None]], axis=1))
+    first = np.concatenate(actions).astype(np.float64)  # A_t[0]: every step once
+    np.testing.assert_allclose(block["global"]["mean"], first.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert block["per_timestep"]["count"] == [14, 12, 10, 8]
+    bad = dict(cfg["datasets"][0], format="lerobot")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"horizon": 4, "datasets": [bad]}))
+    assert main(["stats", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2

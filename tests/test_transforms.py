@@ -170,6 +170,10 @@ def test_chain_applies_in_order_and_leaves_input_untouched():
             {"name": "relative_to_absolute_gripper", "args": {"dim": 0, "low": 1, "high": 0}},
             "must not exceed",
         ),
+        ({"name": "clip", "args": {"dims": [6], "low": 1, "high": 0}}, "must not exceed"),
+        ({"name": "insert_constant", "args": {"at": 3, "count": 0}}, "count >= 1"),
+        ({"name": "latch_gripper", "args": {"dim": 6, "closing": "up"}}, "closing must be"),
+        ({"name": "quat_to_euler", "args": {"dim": -1}}, "dim must be >= 0"),
     ],
 )
 def test_bad_specs_raise_config_error(spec, problem):
@@ -221,6 +225,10 @@ def test_every_registered_transform_has_a_distinct_hash():
         "invert_gripper",
         "relative_to_absolute_gripper",
         "scale",
+        "clip",
+        "insert_constant",
+        "latch_gripper",
+        "quat_to_euler",
     }
     assert len(set(hashes.values())) == len(hashes)
 
@@ -253,3 +261,71 @@ def test_editing_a_transform_body_changes_its_hash(tmp_path, monkeypatch):
 
     assert identity(original) == identity(same)
     assert identity(original) != identity(edited)
+
+
+def octo_rel2abs_loop(actions: np.ndarray) -> np.ndarray:
+    """Octo's ``rel2abs_gripper_actions`` (+1 closes, -1 opens; 1 = open, 0 = closed), step by step."""
+    thresholded = [1 if a < -0.1 else -1 if a > 0.1 else 0 for a in actions]
+    nonzero = [t for t in thresholded if t != 0]
+    carry = -nonzero[0] if nonzero else 1
+    out = []
+    for t in thresholded:
+        carry = carry if t == 0 else t
+        out.append(carry / 2 + 0.5)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_latch_gripper_matches_octo_rel2abs(seed):
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 60))
+    rel = rng.choice([-1.0, -0.5, -0.05, 0.0, 0.05, 0.5, 1.0], size=t, p=[.1, .05, .05, .6, .05, .05, .1])
+    ep = episode(t=t)
+    ep.action[:, 6] = rel
+    out = run([{"name": "latch_gripper", "args": {"dim": 6}}], ep)
+    np.testing.assert_array_equal(out.action[:, 6], octo_rel2abs_loop(rel))
+    np.testing.assert_array_equal(out.action[:, :6], ep.action[:, :6])
+    flipped = episode(t=t)
+    flipped.action[:, 6] = -rel
+    out = run([{"name": "latch_gripper", "args": {"dim": 6, "closing": "negative", "open": 0, "closed": 1}}],
+              flipped)
+    np.testing.assert_array_equal(out.action[:, 6], 1 - octo_rel2abs_loop(rel))
+
+
+def test_latch_gripper_keeps_nan_and_defaults_to_open():
+    ep = episode(t=4)
+    ep.action[:, 6] = [0.0, np.nan, 0.0, 0.0]
+    out = run([{"name": "latch_gripper", "args": {"dim": 6}}], ep)
+    np.testing.assert_array_equal(out.action[:, 6], [1.0, np.nan, 1.0, 1.0])
+
+
+def test_clip_and_insert_constant():
+    ep = episode(t=30)
+    out = run([{"name": "clip", "args": {"dims": [6, 0], "low": 0, "high": 1}},
+               {"name": "insert_constant", "args": {"at": 3, "count": 3, "value": 0.0}}], ep)
+    assert out.action.shape == (30, 10) and out.action.dtype == np.float32
+    np.testing.assert_array_equal(out.action[:, 0], np.clip(ep.action[:, 0], 0, 1))
+    np.testing.assert_array_equal(out.action[:, 1:3], ep.action[:, 1:3])
+    np.testing.assert_array_equal(out.action[:, 3:6], 0.0)
+    np.testing.assert_array_equal(out.action[:, 6:9], ep.action[:, 3:6])
+    np.testing.assert_array_equal(out.action[:, 9], np.clip(ep.action[:, 6], 0, 1))
+    appended = run([{"name": "insert_constant", "args": {"at": 7, "value": 1}}], ep)
+    np.testing.assert_array_equal(appended.action[:, 7], 1.0)
+    with pytest.raises(ConfigError, match="at=8 is past the 7 dims"):
+        run([{"name": "insert_constant", "args": {"at": 8}}], ep)
+
+
+def test_quat_to_euler_matches_scipy_extrinsic_xyz():
+    from scipy.spatial.transform import Rotation
+
+    quats = Rotation.random(500, random_state=3).as_quat()  # (x, y, z, w)
+    quats = np.concatenate([quats, [[0.0, np.sqrt(0.5), 0.0, np.sqrt(0.5)], [0.0, -np.sqrt(0.5), 0.0, np.sqrt(0.5)]]])
+    ep = Episode("q", "q", 0, np.concatenate([np.ones((len(quats), 3)), 2 * quats, np.zeros((len(quats), 1))], axis=1))
+    out = run([{"name": "quat_to_euler", "args": {"dim": 3}}], ep)  # unnormalized input is normalized
+    assert out.action.shape == (len(quats), 7)
+    np.testing.assert_array_equal(out.action[:, :3], 1.0)
+    np.testing.assert_array_equal(out.action[:, 6], 0.0)
+    got = Rotation.from_euler("xyz", out.action[:, 3:6]).as_matrix()
+    np.testing.assert_allclose(got, Rotation.from_quat(quats).as_matrix(), atol=1e-7)  # same rotation, gimbal too
+    np.testing.assert_allclose(out.action[:-2, 3:6], Rotation.from_quat(quats[:-2]).as_euler("xyz"), atol=1e-9)
+    np.testing.assert_allclose(out.action[-2:, 4], [np.pi / 2, -np.pi / 2], atol=1e-6)

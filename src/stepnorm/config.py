@@ -41,8 +41,8 @@ class DatasetConfig:
     split: str = "train"
     weight: float = 1.0
     domain: str = "real"
-    action_key: str = "action"
-    state_key: str | None = None
+    action_key: str | list[str] = "action"  # a list (rlds): step keys concatenated in order
+    state_key: str | list[str] | None = None
     image_keys: list[str] = field(default_factory=list)
     gripper_dims: list[int] = field(default_factory=list)
     position_dims: list[int] = field(default_factory=list)
@@ -203,12 +203,12 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(where, f"{label}.weight must be a number >= 0, got {weight!r}")
-        for key in ("action_key", "split"):
-            if key in item and (not isinstance(item[key], str) or not item[key]):
-                raise ConfigError(where, f"{label}.{key} must be a non-empty string, got {item[key]!r}")
+        if "split" in item and (not isinstance(item["split"], str) or not item["split"]):
+            raise ConfigError(where, f"{label}.split must be a non-empty string, got {item['split']!r}")
+        action_key = _step_keys(item.get("action_key", "action"), item["format"], where, f"{label}.action_key")
         state_key = item.get("state_key")
-        if state_key is not None and not isinstance(state_key, str):
-            raise ConfigError(where, f"{label}.state_key must be a string, got {state_key!r}")
+        if state_key is not None:
+            state_key = _step_keys(state_key, item["format"], where, f"{label}.state_key")
         image_keys = item.get("image_keys", []) or []
         if not isinstance(image_keys, list) or not all(isinstance(k, str) for k in image_keys):
             raise ConfigError(where, f"{label}.image_keys must be a list of strings")
@@ -229,10 +229,23 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
                                          f"slice such as 'train[:10%]'")
         out.append(DatasetConfig(
             name=name, format=item["format"], path=path, split=item.get("split", "train"),
-            weight=float(weight), domain=item.get("domain", "real"), action_key=item.get("action_key", "action"),
+            weight=float(weight), domain=item.get("domain", "real"), action_key=action_key,
             state_key=state_key, image_keys=image_keys, transforms=transforms, max_frames=max_frames, **dims,
         ))
     return out
+
+
+def _step_keys(value: Any, fmt: str, where: str, label: str) -> str | list[str]:
+    """One key, or (RLDS) a list of step keys whose values are concatenated in order."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(k, str) and k for k in value):
+        if len(set(value)) != len(value):
+            raise ConfigError(where, f"{label} lists a key twice: {value}")
+        if fmt != "rlds":
+            raise ConfigError(where, f"{label}: a list of keys is supported for rlds datasets; give one {fmt} column")
+        return value[0] if len(value) == 1 else list(value)
+    raise ConfigError(where, f"{label} must be a non-empty string or (rlds) a list of them, got {value!r}")
 
 
 def _no_unknown(raw: dict, allowed: set, where: str, prefix: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 
@@ -131,10 +131,24 @@ def _open_binary(path: str):
     return open(path, "rb")
 
 
-def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key: str,
-                        state_key: str | None, image_keys: Sequence[str] = (),
+StepKeys = Union[str, Sequence[str]]
+
+
+def key_list(keys: StepKeys | None) -> list[str]:
+    """A step key or a list of step keys (concatenated along the last axis) as a list."""
+    if keys is None:
+        return []
+    return [keys] if isinstance(keys, str) else list(keys)
+
+
+def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key: StepKeys,
+                        state_key: StepKeys | None, image_keys: Sequence[str] = (),
                         keep_serialized: bool = False) -> Iterator[Episode]:
     """Episodes of one shard read: ``action [T, D]``, ``state [T, Ds]``, images per step.
+
+    ``action_key`` / ``state_key`` name one step feature or a list of them, concatenated in order
+    (scalars count as one dim, booleans become 0/1): OXE datasets whose action is a dict such as
+    ``action/world_vector``, ``action/rotation_delta``, ``action/gripper_closedness_action``.
 
     Encoded images (JPEG/PNG bytes) come as a lazy sequence over the parsed example: a reader that
     keeps one frame per episode copies one frame, not T. Images stored as raw tensors come as
@@ -144,7 +158,8 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
     from tensorflow_datasets.core import example_parser
     from tensorflow_datasets.proto import tf_example_pb2
 
-    keys = [action_key] + ([state_key] if state_key else []) + list(image_keys)
+    action_keys, state_keys = key_list(action_key), key_list(state_key)
+    keys = list(dict.fromkeys(action_keys + state_keys + list(image_keys)))
     parser = _parser(path, keys)
     specs = parser.example_specs
     encoded = {k for k in image_keys if specs[f"steps/{k}"].np_dtype == np.object_}
@@ -162,29 +177,52 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
             feature = example.features.feature.get(f"steps/{key}")
             if feature is not None:
                 flat[key] = feature.bytes_list.value
-        action = flat.get(action_key)
-        state = flat.get(state_key) if state_key else None
+        action = _columns(flat, action_keys, where, parser)
+        state = _columns(flat, state_keys, where, parser) if state_keys else None
         if action is None:
             if any(v is not None and len(v) for v in flat.values()):
-                raise InputDataError(where, f"episode has steps but no {action_key!r}")
+                raise InputDataError(where, f"episode has steps but no {_names(action_keys)}")
             # An empty episode may omit its step keys (TFDS writes none for T = 0).
-            action = np.zeros((0,) + _step_shape(parser, action_key))
-            state = np.zeros((0,) + _step_shape(parser, state_key)) if state_key else None
-        elif state_key and state is None:
-            raise InputDataError(where, f"episode has {action_key!r} but no {state_key!r}")
-        action = np.asarray(action)
-        if action.ndim == 1:
-            action = action[:, None]
-        if state is not None:
-            state = np.asarray(state)
-            if state.ndim == 1:
-                state = state[:, None]
+            action = np.zeros((0, sum(_step_width(parser, k) for k in action_keys)))
+            state = np.zeros((0, sum(_step_width(parser, k) for k in state_keys))) if state_keys else None
+        elif state_keys and state is None:
+            raise InputDataError(where, f"episode has {_names(action_keys)} but no {_names(state_keys)}")
+        elif state is not None and len(state) != len(action):
+            raise InputDataError(where, f"{_names(state_keys)} has {len(state)} steps but {_names(action_keys)} "
+                                        f"has {len(action)}")
         extra = {"serialized": record} if keep_serialized else {}
         images = {k: flat[k] if k in encoded else list(flat[k]) for k in image_keys if flat.get(k) is not None}
         yield Episode(dataset, where, read.first_index + offset, action, state, images, extra)
 
 
-def iter_rlds_episodes(path: str, *, dataset: str, split: str, action_key: str, state_key: str | None,
+def _names(keys: list[str]) -> str:
+    return repr(keys[0]) if len(keys) == 1 else "+".join(repr(k) for k in keys)
+
+
+def _columns(flat: dict, keys: list[str], where: str, parser) -> np.ndarray | None:
+    """``[T, D]`` from one or more step features (None if the episode has none of them)."""
+    parts = [flat.get(k) for k in keys]
+    if all(p is None for p in parts):
+        return None
+    missing = [k for k, p in zip(keys, parts) if p is None]
+    if missing:
+        raise InputDataError(where, f"episode has {_names([k for k in keys if k not in missing])} but no "
+                                    f"{_names(missing)}")
+    arrays = []
+    for key, part in zip(keys, parts):
+        part = np.asarray(part)
+        if part.dtype == np.bool_:
+            part = part.astype(np.float32)
+        arrays.append(part.reshape(len(part), _step_width(parser, key)) if part.ndim != 2 else part)
+    if len(arrays) == 1:
+        return arrays[0]
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        raise InputDataError(where, f"{_names(keys)} have different step counts ({sorted(lengths)})")
+    return np.concatenate(arrays, axis=1)
+
+
+def iter_rlds_episodes(path: str, *, dataset: str, split: str, action_key: StepKeys, state_key: StepKeys | None,
                        image_keys: Sequence[str] = ()) -> Iterator[Episode]:
     """All episodes of a split, in order."""
     for read in shard_reads(path, split):
@@ -192,6 +230,6 @@ def iter_rlds_episodes(path: str, *, dataset: str, split: str, action_key: str, 
                                        state_key=state_key, image_keys=image_keys)
 
 
-def _step_shape(parser, key: str) -> tuple[int, ...]:
-    shape = tuple(parser.example_specs[f"steps/{key}"].shape[1:])
-    return shape if shape else (1,)
+def _step_width(parser, key: str) -> int:
+    """Dims one step of ``key`` contributes (1 for a scalar)."""
+    return int(np.prod(parser.example_specs[f"steps/{key}"].shape[1:], dtype=np.int64))

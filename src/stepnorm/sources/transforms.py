@@ -6,6 +6,9 @@ Each transform is a small class with one job, registered by name, built from a c
       - {name: select_dims, args: {key: action, dims: [0, 1, 2, 3, 4, 5, 7]}}
       - {name: invert_gripper, args: {dim: 6, low: 0.0, high: 1.0}}
 
+Shape changes (``select_dims``, ``insert_constant``, ``quat_to_euler``) let a dataset reach the
+mixture's common action layout, as Octo's per-dataset standardization functions do.
+
 Transforms are pure: they return a new ``Episode`` and never modify the arrays they are given.
 They keep the array dtype (float32 stays float32) and pass NaN through unchanged, so the
 non-finite check downstream still sees it. A transform's identity (name, arguments with
@@ -272,6 +275,146 @@ class Scale(Transform):
         out = x.copy()
         out[:, columns] = x[:, columns] * np.asarray(self.args["factor"], dtype=x.dtype)
         return self._replace(episode, self.args["key"], out)
+
+
+@register
+class Clip(Transform):
+    """Clip dims to ``[low, high]`` (e.g. a gripper command recorded slightly outside 0..1)."""
+
+    name = "clip"
+    params = {"key": "action", "dims": Transform.REQUIRED, "low": Transform.REQUIRED, "high": Transform.REQUIRED}
+
+    def check_args(self) -> None:
+        self._key()
+        self.args["dims"] = self._dims()
+        for arg in ("low", "high"):
+            self.args[arg] = self._number(self.args[arg], arg)
+        if self.args["low"] > self.args["high"]:
+            raise ValueError(f"low ({self.args['low']}) must not exceed high ({self.args['high']})")
+
+    def apply(self, episode: Episode) -> Episode:
+        x = self._array(episode)
+        columns = [self._column(x, d, episode) for d in self.args["dims"]]
+        out = x.copy()
+        out[:, columns] = np.clip(x[:, columns], self.args["low"], self.args["high"])  # NaN stays NaN
+        return self._replace(episode, self.args["key"], out)
+
+
+@register
+class InsertConstant(Transform):
+    """Insert ``count`` constant dims before dim ``at`` (``at`` = D appends), e.g. zero rotation
+    deltas for a robot that only commands translation: ``[T, D] -> [T, D + count]``."""
+
+    name = "insert_constant"
+    params = {"key": "action", "at": Transform.REQUIRED, "count": 1, "value": 0.0}
+
+    def check_args(self) -> None:
+        self._key()
+        self.args["at"] = self._int(self.args["at"], "at")
+        self.args["count"] = self._int(self.args["count"], "count")
+        self.args["value"] = self._number(self.args["value"], "value")
+        if self.args["at"] < 0 or self.args["count"] < 1:
+            raise ValueError(f"at must be >= 0 and count >= 1, got at={self.args['at']}, count={self.args['count']}")
+
+    def apply(self, episode: Episode) -> Episode:
+        x = self._array(episode)
+        if self.args["at"] > x.shape[1]:
+            raise self._error(f"{episode.source}: at={self.args['at']} is past the {x.shape[1]} dims of "
+                              f"{self.args['key']}")
+        fill = np.full((x.shape[0], self.args["count"]), self.args["value"], dtype=x.dtype)
+        out = np.concatenate([x[:, : self.args["at"]], fill, x[:, self.args["at"]:]], axis=1)
+        return self._replace(episode, self.args["key"], out)
+
+
+@register
+class LatchGripper(Transform):
+    """Relative gripper commands to an absolute open/closed state, as Octo's ``rel2abs_gripper_actions``.
+
+    A command above ``threshold`` closes (``closing: positive``; ``negative`` flips the sign), one
+    below ``-threshold`` opens, anything in between keeps the previous state. Before the first
+    command the gripper is in the state that command leaves (a first "close" means it was open);
+    with no command at all it is open. Output: ``open`` / ``closed`` (Octo: 1 / 0). Unlike
+    ``relative_to_absolute_gripper`` (a saturating sum of magnitudes), only the sign of a command
+    counts.
+    """
+
+    name = "latch_gripper"
+    params = {"key": "action", "dim": Transform.REQUIRED, "threshold": 0.1, "closing": "positive",
+              "open": 1.0, "closed": 0.0}
+
+    def check_args(self) -> None:
+        self._key()
+        self.args["dim"] = self._int(self.args["dim"], "dim")
+        for arg in ("threshold", "open", "closed"):
+            self.args[arg] = self._number(self.args[arg], arg)
+        if self.args["threshold"] < 0:
+            raise ValueError(f"threshold must be >= 0, got {self.args['threshold']}")
+        if self.args["closing"] not in ("positive", "negative"):
+            raise ValueError(f"closing must be 'positive' or 'negative', got {self.args['closing']!r}")
+
+    def apply(self, episode: Episode) -> Episode:
+        x = self._array(episode)
+        column = self._column(x, self.args["dim"], episode)
+        out = x.copy()
+        out[:, column] = self.latch(x[:, column].astype(np.float64), self.args["threshold"],
+                                    self.args["closing"] == "positive", self.args["open"], self.args["closed"])
+        return self._replace(episode, self.args["key"], out)
+
+    @staticmethod
+    def latch(r: np.ndarray, threshold: float, closing_positive: bool, open_value: float,
+              closed_value: float) -> np.ndarray:
+        """``[T]`` absolute states from ``[T]`` relative commands (NaN stays NaN)."""
+        signed = r if closing_positive else -r
+        command = np.where(signed > threshold, -1, np.where(signed < -threshold, 1, 0))  # +1 open, -1 close
+        index = np.where(command != 0, np.arange(len(r)), -1)
+        last = np.maximum.accumulate(index) if len(r) else index
+        nonzero = np.flatnonzero(command)
+        start = -command[nonzero[0]] if len(nonzero) else 1
+        state = np.where(last >= 0, command[np.maximum(last, 0)], start)
+        return np.where(np.isnan(r), r, np.where(state > 0, open_value, closed_value))
+
+
+@register
+class QuatToEuler(Transform):
+    """Replace a quaternion ``(x, y, z, w)`` at dims ``dim..dim+3`` by roll-pitch-yaw (extrinsic
+    x-y-z, as tensorflow_graphics' ``euler.from_quaternion`` that Octo uses): ``[T, D] -> [T, D-1]``."""
+
+    name = "quat_to_euler"
+    params = {"key": "action", "dim": Transform.REQUIRED}
+
+    def check_args(self) -> None:
+        self._key()
+        self.args["dim"] = self._int(self.args["dim"], "dim")
+        if self.args["dim"] < 0:
+            raise ValueError(f"dim must be >= 0, got {self.args['dim']}")
+
+    def apply(self, episode: Episode) -> Episode:
+        x = self._array(episode)
+        at = self.args["dim"]
+        if at + 4 > x.shape[1]:
+            raise self._error(f"{episode.source}: dims {at}..{at + 3} are past the {x.shape[1]} dims of "
+                              f"{self.args['key']}")
+        euler = self.euler(x[:, at : at + 4].astype(np.float64)).astype(x.dtype)
+        out = np.concatenate([x[:, :at], euler, x[:, at + 4:]], axis=1)
+        return self._replace(episode, self.args["key"], out)
+
+    @staticmethod
+    def euler(q: np.ndarray) -> np.ndarray:
+        """``[T, 4]`` quaternions (x, y, z, w; normalized here) to ``[T, 3]`` angles (x, y, z)."""
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        x, y, z, w = q.T
+        r00 = 1 - 2 * (y * y + z * z)
+        r01 = 2 * (x * y - w * z)
+        r02 = 2 * (x * z + w * y)
+        r10 = 2 * (x * y + w * z)
+        r20 = np.clip(2 * (x * z - w * y), -1.0, 1.0)
+        r21 = 2 * (y * z + w * x)
+        r22 = 1 - 2 * (x * x + y * y)
+        general = np.stack([np.arctan2(r21, r22), -np.arcsin(r20), np.arctan2(r10, r00)], axis=1)
+        # Gimbal lock (pitch at +-90 degrees): roll and yaw share one axis; yaw is set to 0.
+        sign = np.where(r20 >= 0, 1.0, -1.0)
+        locked = np.stack([np.arctan2(-sign * r01, -sign * r02), -sign * np.pi / 2, np.zeros_like(x)], axis=1)
+        return np.where((1 - np.abs(r20) < 1e-9)[:, None], locked, general)
 
 
 def build_transforms(specs: list[dict[str, Any]], where: str) -> list[Transform]:
