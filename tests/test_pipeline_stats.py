@@ -231,13 +231,69 @@ def test_real_data_config(real_data, tmp_path):
         assert_stats_match(got, per_k[k], src.get("quantiles", [0.01, 0.99]), label=f"bridge k={k}")
 
 
-def test_oxe_config_validates_without_network():
+# Octo's OXE_MAGIC_SOUP (octo/data/oxe/oxe_dataset_mixes.py); Octo's "bridge_dataset" is its own copy,
+# the config reads the OXE one ("bridge").
+OCTO_MAGIC_SOUP = {
+    "fractal20220817_data": 0.54087122203, "kuka": 0.8341046294, "bridge": 1.0, "taco_play": 2.0, "jaco_play": 1.0,
+    "berkeley_cable_routing": 1.0, "roboturk": 2.0, "nyu_door_opening_surprising_effectiveness": 1.0, "viola": 2.0,
+    "berkeley_autolab_ur5": 2.0, "toto": 1.0, "language_table": 0.1,
+    "stanford_hydra_dataset_converted_externally_to_rlds": 2.0, "austin_buds_dataset_converted_externally_to_rlds": 1.0,
+    "nyu_franka_play_dataset_converted_externally_to_rlds": 3.0, "furniture_bench_dataset_converted_externally_to_rlds": 0.1,
+    "ucsd_kitchen_dataset_converted_externally_to_rlds": 2.0, "austin_sailor_dataset_converted_externally_to_rlds": 1.0,
+    "austin_sirius_dataset_converted_externally_to_rlds": 1.0, "bc_z": 0.2,
+    "dlr_edan_shared_control_converted_externally_to_rlds": 1.0,
+    "iamlab_cmu_pickup_insert_converted_externally_to_rlds": 1.0, "utaustin_mutex": 1.0,
+    "berkeley_fanuc_manipulation": 2.0, "cmu_stretch": 1.0,
+}
+_W, _R, _G = "action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"
+# Published widths of the step features the config reads (OXE dataset cards / TFDS catalog).
+PUBLISHED_WIDTHS = {
+    "fractal20220817_data": {_W: 3, _R: 3, _G: 1}, "kuka": {_W: 3, _R: 3, _G: 1},
+    "bridge": {_W: 3, _R: 3, "action/open_gripper": 1}, "taco_play": {"action/rel_actions_world": 7},
+    "jaco_play": {_W: 3, _G: 1}, "berkeley_cable_routing": {_W: 3, _R: 3}, "roboturk": {_W: 3, _R: 3, _G: 1},
+    "nyu_door_opening_surprising_effectiveness": {_W: 3, _R: 3, _G: 1}, "viola": {_W: 3, _R: 3, _G: 1},
+    "berkeley_autolab_ur5": {_W: 3, _R: 3, _G: 1}, "toto": {_W: 3, _R: 3, "action/open_gripper": 1},
+    "language_table": {"action": 2}, "stanford_hydra_dataset_converted_externally_to_rlds": {"action": 7},
+    "austin_buds_dataset_converted_externally_to_rlds": {"action": 7},
+    "nyu_franka_play_dataset_converted_externally_to_rlds": {"action": 15},
+    "furniture_bench_dataset_converted_externally_to_rlds": {"action": 8},
+    "ucsd_kitchen_dataset_converted_externally_to_rlds": {"action": 8},
+    "austin_sailor_dataset_converted_externally_to_rlds": {"action": 7},
+    "austin_sirius_dataset_converted_externally_to_rlds": {"action": 7},
+    "bc_z": {"action/future/xyz_residual": 30, "action/future/axis_angle_residual": 30, "action/future/target_close": 10},
+    "dlr_edan_shared_control_converted_externally_to_rlds": {"action": 7},
+    "iamlab_cmu_pickup_insert_converted_externally_to_rlds": {"action": 8}, "utaustin_mutex": {"action": 7},
+    "berkeley_fanuc_manipulation": {"action": 6, "observation/state": 13}, "cmu_stretch": {"action": 8},
+}
+
+
+def test_oxe_config_is_octos_magic_soup_and_validates_without_network():
     from stepnorm.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "oxe_magic_soup.yaml")
-    assert len(cfg.datasets) == 11 and all(ds.is_remote for ds in cfg.datasets)
-    assert cfg.weighting == "mixture" and cfg.datasets[0].weight == pytest.approx(2.0)
+    assert {ds.name: ds.weight for ds in cfg.datasets} == pytest.approx(OCTO_MAGIC_SOUP)
+    assert all(ds.is_remote and ds.path.startswith("gs://gresearch/robotics/") for ds in cfg.datasets)
+    assert cfg.weighting == "mixture"
+
+
+def test_oxe_config_transforms_bring_every_member_to_seven_dims():
+    """Each member's listed keys, at their published widths, through its transforms: 7 dims, and a
+    0/1 gripper input stays a 0/1 gripper (latched, clipped, inverted, never shifted or scaled)."""
+    from stepnorm.config import load_config
+    from stepnorm.sources.base import Episode
+    from stepnorm.sources.rlds import key_list
+    from stepnorm.sources.transforms import apply_transforms, build_transforms
+
+    repo = Path(__file__).resolve().parents[1]
+    rng = np.random.default_rng(0)
+    for ds in load_config(repo / "configs" / "oxe_magic_soup.yaml").datasets:
+        widths = PUBLISHED_WIDTHS[ds.name]
+        assert key_list(ds.action_key) == list(widths), ds.name
+        action = np.concatenate([rng.choice([0.0, 1.0], size=(40, w)) for w in widths.values()], axis=1)
+        out = apply_transforms(Episode(ds.name, ds.name, 0, action), build_transforms(ds.transforms, ds.name))
+        assert out.action.shape == (40, 7), ds.name
+        assert set(np.unique(out.action[:, 6])) <= {0.0, 1.0}, ds.name
 
 
 def test_unknown_beam_option_is_a_usage_error(sample_dir, tmp_path, capsys):
