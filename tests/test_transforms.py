@@ -329,3 +329,9 @@ def test_quat_to_euler_matches_scipy_extrinsic_xyz():
     np.testing.assert_allclose(got, Rotation.from_quat(quats).as_matrix(), atol=1e-7)  # same rotation, gimbal too
     np.testing.assert_allclose(out.action[:-2, 3:6], Rotation.from_quat(quats[:-2]).as_euler("xyz"), atol=1e-9)
     np.testing.assert_allclose(out.action[-2:, 4], [np.pi / 2, -np.pi / 2], atol=1e-6)
+
+
+def test_quat_to_euler_zero_quaternion_gives_nan_for_the_finite_check():
+    ep = Episode("q", "q", 0, np.array([[0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0, 1.0]]))
+    out = run([{"name": "quat_to_euler", "args": {"dim": 0}}], ep)
+    assert np.isnan(out.action[0, :3]).all() and np.isfinite(out.action[1]).all()

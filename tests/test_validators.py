@@ -216,7 +216,7 @@ def test_classification_borderlines():
     ("seed004", "float_minus05_05", False, "divided by 255 twice"),  # seed 004 at the encoder
     ("uint8", "float01", False, "never normalized"), ("float01", "float01", True, ""),
     ("float_minus05_05", "float_minus1_1", True, ""), ("imagenet", "imagenet", True, ""),
-    ("float01", "float_minus1_1", False, ""),
+    ("float01", "float_minus1_1", False, "looks like float 0..1"),
 ])
 def test_check_image_batch(kind, expect, ok, why):
     x = _scaled(kind)

@@ -400,8 +400,11 @@ class QuatToEuler(Transform):
 
     @staticmethod
     def euler(q: np.ndarray) -> np.ndarray:
-        """``[T, 4]`` quaternions (x, y, z, w; normalized here) to ``[T, 3]`` angles (x, y, z)."""
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        """``[T, 4]`` quaternions (x, y, z, w; normalized here) to ``[T, 3]`` angles (x, y, z).
+
+        A zero quaternion gives NaN angles, which the statistics then reject naming the dataset."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = q / np.linalg.norm(q, axis=1, keepdims=True)
         x, y, z, w = q.T
         r00 = 1 - 2 * (y * y + z * z)
         r01 = 2 * (x * y - w * z)
