@@ -175,6 +175,17 @@ def test_stats_cli_with_a_list_action_key_and_octo_transforms(dict_action_datase
     first = np.concatenate(actions).astype(np.float64)  # A_t[0]: every step once
     np.testing.assert_allclose(block["global"]["mean"], first.mean(axis=0), rtol=1e-6, atol=1e-7)
     assert block["per_timestep"]["count"] == [14, 12, 10, 8]
+    # normalize writes the transformed 7-D chunks next to the original dict action, fields kept
+    assert main(["normalize", str(tmp_path / "c.yaml"), "--stats", str(tmp_path / "out"),
+                 "--out", str(tmp_path / "norm")]) == 0
+    import tensorflow_datasets as tfds
+
+    entry = json.loads((tmp_path / "norm" / "MANIFEST.json").read_text())["datasets"]["fractal_like"]
+    builder = tfds.builder_from_directory(str(tmp_path / "norm" / entry["path"]))
+    written = [ep for ep in tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False))]
+    assert [len(list(ep["steps"])) for ep in written] == [5, 0, 9]
+    steps = list(written[2]["steps"])
+    assert steps[0]["action_chunk"].shape == (4, 7) and set(steps[0]["action"]) >= {"world_vector", "open_gripper"}
     bad = dict(cfg["datasets"][0], format="lerobot")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"horizon": 4, "datasets": [bad]}))
     assert main(["stats", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
