@@ -322,3 +322,18 @@ def test_console_entry_flushes_output_and_keeps_exit_codes(sample_dir, tmp_path)
     usage = entry("stats")
     assert usage.returncode == 2 and "required" in usage.stderr
     assert entry("--help").returncode == 0
+
+
+def test_a_run_with_every_dataset_cached_never_imports_beam(sample_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "stats"
+    assert main(["stats", str(sample_dir / "config.yaml"), "--out", str(out)]) == 0
+    code = ("import sys; from stepnorm.cli import main; "
+            f"rc = main(['stats', {str(sample_dir / 'config.yaml')!r}, '--out', {str(out)!r}]); "
+            "print('beam imported:', 'apache_beam' in sys.modules); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "reused" in run.stdout and "computed" not in run.stdout
+    assert "beam imported: False" in run.stdout
