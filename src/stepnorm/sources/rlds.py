@@ -163,7 +163,8 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
     parser = _parser(path, keys)
     specs = parser.example_specs
     encoded = {k for k in image_keys if specs[f"steps/{k}"].np_dtype == np.object_}
-    # TFDS's numpy conversion for everything but encoded images (it would copy every frame).
+    # TFDS's numpy conversion for everything but encoded images (it would copy every frame). It is
+    # ExampleParserNp's own helper, used directly to keep the parsed proto; TFDS is pinned (4.9.10).
     numeric = {k: v for k, v in specs.items() if k[len("steps/"):] not in encoded}
     for offset, record in enumerate(iter_shard_records(read)):
         where = f"{read.filename} (record {read.skip + offset})"
