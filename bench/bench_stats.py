@@ -10,11 +10,12 @@ Every method runs in its own subprocess (wall time and that process's peak RSS),
 and the scenario checks of issue 3: peak memory when the dataset doubles, the incremental second
 run after adding a dataset of ~5% of the mixture, and 2 workers vs 1.
 
-Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 12]
+Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20]
 Datasets come from bench/oxe_like.py (generated on first use: 1.3 GB, 2.6 GB and 0.06 GB, and with
 --scale-gb a dataset of that size plus a 5% addition). Start-up costs (Python and Beam imports,
 Beam's worker processes) are seconds, so the incremental and worker targets are also measured at
---scale-gb, where they are a smaller share.
+--scale-gb, where they are a smaller share; there the incremental run is also measured with a cold
+page cache (data read from disk; needs root). Results and their reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
