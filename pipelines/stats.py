@@ -35,10 +35,19 @@ class DatasetSummary:
         a, s = self.acc.to_bytes(), self.sample.to_bytes()
         return len(a).to_bytes(8, "little") + a + s
 
+    @staticmethod
+    def split(blob: bytes) -> tuple[bytes, bytes]:
+        """``to_bytes`` output as (accumulator bytes, sample bytes), the artifact's two files."""
+        n = int.from_bytes(blob[:8], "little")
+        return blob[8 : 8 + n], blob[8 + n :]
+
+    @classmethod
+    def from_parts(cls, acc: bytes, sample: bytes) -> "DatasetSummary":
+        return cls(ChunkStatsAccumulator.from_bytes(acc), DatasetSample.from_bytes(sample))
+
     @classmethod
     def from_bytes(cls, blob: bytes) -> "DatasetSummary":
-        n = int.from_bytes(blob[:8], "little")
-        return cls(ChunkStatsAccumulator.from_bytes(blob[8 : 8 + n]), DatasetSample.from_bytes(blob[8 + n :]))
+        return cls.from_parts(*cls.split(blob))
 
 
 @dataclass
@@ -48,7 +57,7 @@ class StatsResult:
     seconds: float
 
 
-def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, DatasetSummary]:
+def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, bytes]:
     """Run the Beam pipeline over ``names``; see ``stepnorm.pipelines.stats_beam.compute_summaries``."""
     from stepnorm.pipelines.stats_beam import compute_summaries as run
 
@@ -61,27 +70,23 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     t0 = time.monotonic()
     out = Path(out_dir).resolve()
     fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
-    cached, blobs, status = {}, {}, {}
+    blobs, status = {}, {}  # dataset -> (accumulator bytes, sample bytes), as the artifact stores them
     for ds in cfg.datasets:
         key = f"{ds.name}-{fingerprints[ds.name]}"
         acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
         if not force and acc_path.exists() and sample_path.exists():
             blobs[ds.name] = (acc_path.read_bytes(), sample_path.read_bytes())
-            cached[ds.name] = DatasetSummary(ChunkStatsAccumulator.from_bytes(blobs[ds.name][0]),
-                                             DatasetSample.from_bytes(blobs[ds.name][1]))
             status[ds.name] = "reused"
-    todo = [ds.name for ds in cfg.datasets if ds.name not in cached]
+    todo = [ds.name for ds in cfg.datasets if ds.name not in blobs]
     staging_root = out.parent if out.parent.exists() else Path(tempfile.gettempdir())
     computed = compute_summaries(cfg, todo, beam_args, staging_root) if todo else {}
-    for name in todo:
+    for name, blob in computed.items():
+        blobs[name] = DatasetSummary.split(blob)
         status[name] = "computed"
-    summaries = {**cached, **computed}
-    accs = {name: s.acc for name, s in summaries.items()}
+    accs = {name: ChunkStatsAccumulator.from_bytes(parts[0]) for name, parts in blobs.items()}
     _check_counts(cfg, accs, computed)
     doc = artifact_from_accumulators(cfg, accs, fingerprints)
-    for name in computed:
-        blobs[name] = (summaries[name].acc.to_bytes(), summaries[name].sample.to_bytes())
-    keys = {name: f"{name}-{fingerprints[name]}" for name in summaries}
+    keys = {name: f"{name}-{fingerprints[name]}" for name in blobs}
     stats_path = write_artifact(out, doc, {keys[n]: b[0] for n, b in blobs.items()},
                                 {keys[n]: b[1] for n, b in blobs.items()})
     for ds in cfg.datasets:

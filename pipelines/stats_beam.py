@@ -137,8 +137,8 @@ def _write_blob(item, staging: str):
     return name
 
 
-def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, DatasetSummary]:
-    """Run the Beam pipeline over ``names`` and return their accumulators and samples.
+def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, bytes]:
+    """Run the Beam pipeline over ``names``; returns each dataset's serialized ``DatasetSummary``.
 
     Workers hand their results over through files under ``--temp_location`` when it is set (it is on
     Dataflow, where workers cannot write to the launcher's disk), else under ``staging_root``.
@@ -164,7 +164,7 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
             if not FileSystems.exists(path):
                 raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
             with FileSystems.open(path) as handle:
-                out[name] = DatasetSummary.from_bytes(handle.read())
+                out[name] = handle.read()
         return out
     finally:
         if FileSystems.exists(staging):
