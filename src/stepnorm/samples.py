@@ -114,7 +114,7 @@ class DatasetSample:
                 self._merge_images(key, np.asarray([frame_priority(dataset, key, episode_index)]), [frames[chosen]])
 
     def _merge_steps(self, prio, action, state) -> None:
-        if self._action is None and not self._pending:
+        if self._action is None:
             self._action = np.zeros((0, action.shape[1]))
             self._state = None if state is None else np.zeros((0, state.shape[1]))
         if len(self._priority) >= self.max_steps:

@@ -162,6 +162,7 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
     keys = list(dict.fromkeys(action_keys + state_keys + list(image_keys)))
     parser = _parser(path, keys)
     specs = parser.example_specs
+    widths = {k: _step_width(parser, k) for k in action_keys + state_keys}
     encoded = {k for k in image_keys if specs[f"steps/{k}"].np_dtype == np.object_}
     # TFDS's numpy conversion for everything but encoded images (it would copy every frame). It is
     # ExampleParserNp's own helper, used directly to keep the parsed proto; TFDS is pinned (4.9.10).
@@ -178,14 +179,14 @@ def iter_shard_episodes(path: str, read: ShardRead, *, dataset: str, action_key:
             feature = example.features.feature.get(f"steps/{key}")
             if feature is not None:
                 flat[key] = feature.bytes_list.value
-        action = _columns(flat, action_keys, where, parser)
-        state = _columns(flat, state_keys, where, parser) if state_keys else None
+        action = _columns(flat, action_keys, where, widths)
+        state = _columns(flat, state_keys, where, widths) if state_keys else None
         if action is None:
             if any(v is not None and len(v) for v in flat.values()):
                 raise InputDataError(where, f"episode has steps but no {_names(action_keys)}")
             # An empty episode may omit its step keys (TFDS writes none for T = 0).
-            action = np.zeros((0, sum(_step_width(parser, k) for k in action_keys)))
-            state = np.zeros((0, sum(_step_width(parser, k) for k in state_keys))) if state_keys else None
+            action = np.zeros((0, sum(widths[k] for k in action_keys)))
+            state = np.zeros((0, sum(widths[k] for k in state_keys))) if state_keys else None
         elif state_keys and state is None:
             raise InputDataError(where, f"episode has {_names(action_keys)} but no {_names(state_keys)}")
         elif state is not None and len(state) != len(action):
@@ -200,7 +201,7 @@ def _names(keys: list[str]) -> str:
     return repr(keys[0]) if len(keys) == 1 else "+".join(repr(k) for k in keys)
 
 
-def _columns(flat: dict, keys: list[str], where: str, parser) -> np.ndarray | None:
+def _columns(flat: dict, keys: list[str], where: str, widths: dict[str, int]) -> np.ndarray | None:
     """``[T, D]`` from one or more step features (None if the episode has none of them)."""
     parts = [flat.get(k) for k in keys]
     if all(p is None for p in parts):
@@ -214,7 +215,7 @@ def _columns(flat: dict, keys: list[str], where: str, parser) -> np.ndarray | No
         part = np.asarray(part)
         if part.dtype == np.bool_:
             part = part.astype(np.float32)
-        arrays.append(part.reshape(len(part), _step_width(parser, key)) if part.ndim != 2 else part)
+        arrays.append(part.reshape(len(part), widths[key]) if part.ndim != 2 else part)
     if len(arrays) == 1:
         return arrays[0]
     lengths = {len(a) for a in arrays}
