@@ -24,9 +24,10 @@ and worker counts, and no episode (with its images) goes through a shuffle.
 
 Completeness and atomicity: every shard writer reports how many episodes it wrote; the launcher
 checks them against the split's ``dataset_info.json`` and the statistics' episode counts before
-anything becomes visible. Everything is assembled under a hidden ``.<out>.partial-*`` directory
-beside ``OUT`` and renamed into place at the end, with ``MANIFEST.json`` written last inside it. A
-killed job leaves only that hidden directory; the next run on the same host removes it.
+anything becomes visible. Everything is assembled in a hidden staging directory beside ``OUT`` and
+published in one atomic step, with ``MANIFEST.json`` written last inside it (``stepnorm.outputs``:
+``OUT`` must be absent, empty or an earlier normalized output, and is locked while the job runs). A
+killed job leaves only that hidden directory; the next writer of ``OUT`` removes it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -46,8 +45,8 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 
-from stepnorm import __version__
-from stepnorm.artifact import Artifact, _replace_dir, read_artifact
+from stepnorm import __version__, outputs
+from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, Artifact, read_artifact
 from stepnorm.compute import staleness
 from stepnorm.config import Config, DatasetConfig
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
@@ -466,49 +465,38 @@ def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.P
         raise ConfigError(cfg.path, "normalize needs normalization.action (mode, mask, clip)")
     if any(ds.name == STATS_SUBDIR for ds in cfg.datasets):
         raise ConfigError(cfg.path, f"a dataset named {STATS_SUBDIR!r} would clash with the artifact copy in the output")
-    artifact = read_artifact(stats_dir)
+    from stepnorm.pipelines.stats import config_inputs
+
+    artifact = read_artifact(stats_dir)  # one read: this snapshot is what is applied and bundled
     check_fresh(cfg, artifact)
     plans = {ds.name: _plan(cfg, artifact, ds) for ds in cfg.datasets}
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_partials(out, log)
-    staging = out.parent / f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with outputs.writing(out_dir, "normalized", [*config_inputs(cfg), artifact.directory]) as staging:
+        out = staging.parent / Path(out_dir).resolve().name
         for plan in plans.values():
             (staging / plan.rel_dir / _RECEIPTS).mkdir(parents=True)
         _run_beam(cfg, artifact, plans, str(staging), beam_args)
         episodes = {}
         for ds in cfg.datasets:
             episodes[ds.name] = _finish_dataset(cfg, ds, plans[ds.name], staging, artifact)
-        shutil.copytree(artifact.directory, staging / STATS_SUBDIR)
+        _copy_artifact(artifact, staging / STATS_SUBDIR)
         _write_manifest(cfg, artifact, plans, episodes, staging)
-        _replace_dir(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for ds in cfg.datasets:
         log(f"  {ds.name:32s} {episodes[ds.name]:7d} episodes -> {out / plans[ds.name].rel_dir}")
     return NormalizeResult(out, {n: out / p.rel_dir for n, p in plans.items()}, episodes, time.monotonic() - t0)
 
 
-def _remove_abandoned_partials(out: Path, log) -> None:
-    """Remove staging directories of killed jobs: same host, owning process gone."""
-    host = socket.gethostname()
-    for path in out.parent.glob(f".{out.name}.partial-{host}-*"):
-        pid = path.name[len(f".{out.name}.partial-{host}-"):].split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        log(f"  removed {path} (left by a job that did not finish)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+def _copy_artifact(artifact: Artifact, target: Path) -> None:
+    """Bundle the statistics that were applied: the stats.json bytes read at the start (a concurrent
+    ``stepnorm stats`` cannot change them) and the accumulator/sample files named by its fingerprints."""
+    target.mkdir()
+    (target / "stats.json").write_bytes(artifact.raw)
+    for sub, suffix in ((ACCUMULATOR_DIR, "acc"), (SAMPLE_DIR, "sample")):
+        for name, block in artifact.doc["datasets"].items():
+            source = artifact.directory / sub / f"{name}-{block['fingerprint']}.{suffix}"
+            if source.is_file():
+                (target / sub).mkdir(exist_ok=True)
+                shutil.copyfile(source, target / sub / source.name)
+    outputs.write_marker(target, "stats")
 
 
 def _run_beam(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], staging: str,

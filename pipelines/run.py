@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from stepnorm import outputs
 from stepnorm.artifact import read_artifact
 from stepnorm.config import Config
 from stepnorm.pipelines.normalize import MANIFEST_FILE, run_normalize
@@ -44,7 +45,16 @@ def run_all(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = 
     """
     from stepnorm.validators import run_gate
 
-    out = Path(out_dir).resolve()
+    from stepnorm.pipelines.stats import config_inputs
+
+    out = outputs.check_output(out_dir, "run", config_inputs(cfg))
+    with outputs.output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        outputs.write_marker(out, "run")
+        return _run_all(cfg, out, beam_args, force, log, run_gate)
+
+
+def _run_all(cfg: Config, out: Path, beam_args: Sequence[str], force: bool, log, run_gate) -> RunResult:
     stats_dir, report_dir, normalized_dir = out / STATS_DIR, out / REPORT_DIR, out / NORMALIZED_DIR
     log(f"[1/3] statistics -> {stats_dir}")
     run_stats(cfg, stats_dir, beam_args, log=log)

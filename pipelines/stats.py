@@ -7,18 +7,20 @@ the Beam pipeline in ``stepnorm.pipelines.stats_beam`` (imported only when somet
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, write_artifact
+from stepnorm import outputs
+from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, fill_artifact
 from stepnorm.compute import artifact_from_accumulators
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError
 from stepnorm.samples import DatasetSample
-from stepnorm.sources import dataset_fingerprint, read_tasks
+from stepnorm.sources import check_widths, dataset_fingerprint, read_tasks
 from stepnorm.stats import ChunkStatsAccumulator
 
 
@@ -66,33 +68,56 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
 
 def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = (), force: bool = False,
               log=print) -> StatsResult:
-    """Compute (or reuse) every dataset's accumulator and write the artifact to ``out_dir``."""
+    """Compute (or reuse) every dataset's accumulator and write the artifact to ``out_dir``.
+
+    ``out_dir`` must be absent, empty or an earlier stats artifact, and not inside an input; it is
+    locked while the run lasts and replaced in one atomic step (see ``stepnorm.outputs``).
+    """
     t0 = time.monotonic()
-    out = Path(out_dir).resolve()
-    fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
-    blobs, status = {}, {}  # dataset -> (accumulator bytes, sample bytes), as the artifact stores them
-    for ds in cfg.datasets:
-        key = f"{ds.name}-{fingerprints[ds.name]}"
-        acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
-        if not force and acc_path.exists() and sample_path.exists():
-            blobs[ds.name] = (acc_path.read_bytes(), sample_path.read_bytes())
-            status[ds.name] = "reused"
-    todo = [ds.name for ds in cfg.datasets if ds.name not in blobs]
-    staging_root = out.parent if out.parent.exists() else Path(tempfile.gettempdir())
-    computed = compute_summaries(cfg, todo, beam_args, staging_root) if todo else {}
-    for name, blob in computed.items():
-        blobs[name] = DatasetSummary.split(blob)
-        status[name] = "computed"
-    accs = {name: ChunkStatsAccumulator.from_bytes(parts[0]) for name, parts in blobs.items()}
-    _check_counts(cfg, accs, computed)
-    doc = artifact_from_accumulators(cfg, accs, fingerprints)
-    keys = {name: f"{name}-{fingerprints[name]}" for name in blobs}
-    stats_path = write_artifact(out, doc, {keys[n]: b[0] for n, b in blobs.items()},
-                                {keys[n]: b[1] for n, b in blobs.items()})
+    with outputs.writing(out_dir, "stats", config_inputs(cfg)) as staging:
+        out = staging.parent / Path(out_dir).resolve().name
+        fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
+        blobs, status = {}, {}  # dataset -> (accumulator bytes, sample bytes), as the artifact stores them
+        for ds in cfg.datasets:
+            key = f"{ds.name}-{fingerprints[ds.name]}"
+            acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
+            if not force and acc_path.exists() and sample_path.exists():
+                blobs[ds.name] = (acc_path.read_bytes(), sample_path.read_bytes())
+                status[ds.name] = "reused"
+        todo = [ds.name for ds in cfg.datasets if ds.name not in blobs]
+        check_widths(cfg, todo)  # masks and dim indices against the declared widths, before any reading
+        _warn_metadata(cfg, todo)
+        computed = compute_summaries(cfg, todo, beam_args, staging) if todo else {}
+        for name, blob in computed.items():
+            blobs[name] = DatasetSummary.split(blob)
+            status[name] = "computed"
+        accs = {name: ChunkStatsAccumulator.from_bytes(parts[0]) for name, parts in blobs.items()}
+        _check_counts(cfg, accs, computed)
+        doc = artifact_from_accumulators(cfg, accs, fingerprints)
+        keys = {name: f"{name}-{fingerprints[name]}" for name in blobs}
+        for leftover in staging.iterdir():  # the Beam hand-off directory, if the runner left one
+            shutil.rmtree(leftover, ignore_errors=True)
+        fill_artifact(staging, doc, {keys[n]: b[0] for n, b in blobs.items()},
+                      {keys[n]: b[1] for n, b in blobs.items()})
     for ds in cfg.datasets:
         acc = accs[ds.name]
         log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps")
-    return StatsResult(stats_path, status, time.monotonic() - t0)
+    return StatsResult(out / STATS_FILE, status, time.monotonic() - t0)
+
+
+def _warn_metadata(cfg: Config, names: list[str]) -> None:
+    """Print (stderr) where a LeRobot dataset's info.json disagrees with its data files."""
+    from stepnorm.sources.lerobot import metadata_warnings
+
+    for ds in cfg.datasets:
+        if ds.name in names and ds.format == "lerobot":
+            for warning in metadata_warnings(ds.path):
+                print(f"stepnorm: warning: {warning}", file=sys.stderr)
+
+
+def config_inputs(cfg: Config) -> list[str]:
+    """The paths a run reads (the config file, every local dataset): no output may be inside one."""
+    return [p for p in [cfg.path, *(ds.path for ds in cfg.datasets)] if p and Path(p).exists()]
 
 
 def _check_counts(cfg: Config, accs, computed) -> None:

@@ -111,12 +111,12 @@ def test_write_is_atomic_and_replaces(tmp_path, monkeypatch):
     write_artifact(target, doc)
     before = (target / "stats.json").read_text()
     # a failure while writing leaves the old artifact untouched and no temporary directory behind
-    import stepnorm.artifact as artifact_mod
+    import stepnorm.outputs as outputs_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifact_mod, "_replace_dir", boom)
+    monkeypatch.setattr(outputs_mod, "publish", boom)
     with pytest.raises(OSError):
         write_artifact(target, dict(doc, created="later"))
     assert (target / "stats.json").read_text() == before

@@ -213,7 +213,7 @@ def test_manifest_metadata_and_stats_copy(sample_run):
         assert builder.info.splits["train"].num_examples == entry["episodes"] == stats["datasets"][name]["num_episodes"]
         shards = sorted(p.name for p in (out / entry["path"]).glob("*.tfrecord-*"))
         assert shards == [f"{name}-train.tfrecord-{i:05d}-of-{len(shards):05d}" for i in range(len(shards))]
-    assert not list(sample_run.glob(".out.partial-*"))
+    assert not list(sample_run.glob(".out.stepnorm-*"))
 
 
 def test_delta_per_dataset_unclipped_and_short_episodes(sample_run, tmp_path):
@@ -279,7 +279,7 @@ def test_failure_mid_job_leaves_no_output_and_keeps_the_previous_one(sample_run,
     monkeypatch.setattr(normalize.EpisodeNormalizer, "added_fields", failing)
     assert main(["normalize", cfg, "--stats", stats, "--out", str(out)]) == 2
     assert "injected failure" in capsys.readouterr().err
-    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.stepnorm-*"))
     monkeypatch.setattr(normalize.EpisodeNormalizer, "added_fields", original)
     assert main(["normalize", cfg, "--stats", stats, "--out", str(out)]) == 0
     manifest = (out / "MANIFEST.json").read_text()
@@ -330,14 +330,14 @@ def test_killed_job_leaves_nothing_that_looks_finished(sample_run, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".out.partial-*/*/*/.receipts/*.json")):
+        while not list(tmp_path.glob(".out.stepnorm-*/*/*/.receipts/*.json")):
             assert proc.poll() is None and time.monotonic() < deadline, "the job never wrote a shard"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not out.exists()
-    partial = list(tmp_path.glob(".out.partial-*"))
+    partial = list(tmp_path.glob(".out.stepnorm-*"))
     assert partial and not list(partial[0].rglob("MANIFEST.json")) and not list(partial[0].rglob("dataset_info.json"))
     assert main(["normalize", cfg, "--stats", stats, "--out", str(out)]) == 0
     assert (out / "MANIFEST.json").exists()
@@ -364,7 +364,7 @@ def test_run_stops_at_a_failed_gate(sample_run, tmp_path, failing_validator, cap
     assert "injected gate failure" in captured.out
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["passed"] is False
-    assert not (out / "normalized").exists() and not list(out.glob(".normalized.partial-*"))
+    assert not (out / "normalized").exists() and not list(out.glob(".normalized.stepnorm-*"))
     assert main(["run", cfg, "--out", str(out), "--force"]) == 0
     assert "WARNING: gate failed" in capsys.readouterr().err
     assert (out / "normalized" / "MANIFEST.json").exists()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from stepnorm import outputs
 from stepnorm.artifact import Artifact, jsonable
 from stepnorm.config import Config
 
@@ -148,26 +149,25 @@ def run_gate(cfg: Config, artifact: Artifact, report_dir: str | os.PathLike, *,
     for name in names:
         findings.extend(REGISTRY[name](ctx))
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.id))
-    out = Path(report_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = outputs.check_output(report_dir, "report", [cfg.path] if cfg.path and Path(cfg.path).exists() else [])
     result = GateResult(findings, out, names)
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     doc = {"passed": result.passed, "artifact": str(artifact.path), "fingerprint": artifact.fingerprint,
            "validators": result.validators_run, "counts": counts, "findings": [asdict(f) for f in findings],
            "thresholds": {n: suite.params[n] for n in names if n in suite.params},
            "expectations": ctx.runner.results, "tables": ctx.tables}
-    _write_atomic(out / "report.json", json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n")
+    report_json = json.dumps(jsonable(doc), indent=1, allow_nan=False) + "\n"
     if html:
         from stepnorm.validators.report import render_html
 
-        _write_atomic(out / "report.html", render_html(ctx, result, doc))
+        report_html = render_html(ctx, result, doc)
+    with outputs.output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        outputs.write_marker(out, "report")
+        outputs.write_atomic(out / "report.json", report_json)
+        if html:
+            outputs.write_atomic(out / "report.html", report_html)
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def validate(config: str | os.PathLike, report_dir: str | os.PathLike, stats_dir: str | os.PathLike | None = None,
@@ -177,6 +177,9 @@ def validate(config: str | os.PathLike, report_dir: str | os.PathLike, stats_dir
     from stepnorm.config import load_config
 
     cfg = load_config(config)
+    report = outputs.check_output(report_dir, "report", [config])
+    report.mkdir(parents=True, exist_ok=True)
+    outputs.write_marker(report, "report")
     if stats_dir is None:
         from stepnorm.pipelines.stats import run_stats
 

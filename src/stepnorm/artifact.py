@@ -17,14 +17,12 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from stepnorm import __version__
+from stepnorm import __version__, outputs
 from stepnorm.errors import ArtifactError
 from stepnorm.stats.combine import FinalStats, quantile_key
 
@@ -128,37 +126,48 @@ def build_artifact(
 
 
 # -- writing --------------------------------------------------------------------------------------
+def numbers_checksum(doc: Mapping) -> str:
+    """sha256 over the statistics an artifact holds (every dataset block and the combined block).
+
+    Recorded as ``checksum`` in stats.json: a number edited by hand afterwards no longer matches.
+    """
+    def numbers(block):
+        return {k: v for k, v in block.items() if k not in _DESCRIPTIVE} if isinstance(block, Mapping) else block
+
+    datasets = doc.get("datasets")
+    datasets = {n: numbers(b) for n, b in datasets.items()} if isinstance(datasets, Mapping) else datasets
+    return fingerprint({"datasets": datasets, "combined": numbers(doc.get("combined")),
+                        "horizon": doc.get("horizon"), "quantiles": doc.get("quantiles")})
+
+
+# What a statistics block says about its data rather than measures (checked by the fingerprint).
+_DESCRIPTIVE = ("fingerprint", "domain", "weight", "weighting")
+
+
+def fill_artifact(directory: Path, doc: Mapping, accumulators: Mapping[str, bytes] | None = None,
+                  samples: Mapping[str, bytes] | None = None) -> Path:
+    """Write ``doc`` (stats.json, last) and the accumulator/sample files into an empty ``directory``."""
+    for sub, suffix, blobs in ((ACCUMULATOR_DIR, "acc", accumulators), (SAMPLE_DIR, "sample", samples)):
+        if blobs:
+            (directory / sub).mkdir()
+            for name, blob in blobs.items():
+                (directory / sub / f"{name}.{suffix}").write_bytes(blob)
+    doc = dict(doc)
+    doc["checksum"] = numbers_checksum(doc)
+    text = json.dumps(jsonable(doc), indent=1, allow_nan=False)
+    (directory / STATS_FILE).write_text(text + "\n")
+    return directory / STATS_FILE
+
+
 def write_artifact(out_dir: str | os.PathLike, doc: Mapping, accumulators: Mapping[str, bytes] | None = None,
-                   samples: Mapping[str, bytes] | None = None) -> Path:
-    """Write ``doc`` (and accumulators, samples) to ``out_dir`` atomically; returns the stats.json path."""
-    out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for sub, suffix, blobs in ((ACCUMULATOR_DIR, "acc", accumulators), (SAMPLE_DIR, "sample", samples)):
-            if blobs:
-                (tmp / sub).mkdir()
-                for name, blob in blobs.items():
-                    (tmp / sub / f"{name}.{suffix}").write_bytes(blob)
-        text = json.dumps(jsonable(doc), indent=1, allow_nan=False)
-        (tmp / STATS_FILE).write_text(text + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out / STATS_FILE
+                   samples: Mapping[str, bytes] | None = None, inputs=()) -> Path:
+    """Write ``doc`` (and accumulators, samples) to ``out_dir`` atomically; returns the stats.json path.
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing target is swapped out, then removed."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
+    ``out_dir`` must be absent, empty or an earlier stats artifact (see ``stepnorm.outputs``).
+    """
+    with outputs.writing(out_dir, "stats", inputs) as staging:
+        fill_artifact(staging, doc, accumulators, samples)
+    return Path(out_dir).resolve() / STATS_FILE
 
 
 # -- reading and validation -----------------------------------------------------------------------
@@ -168,12 +177,17 @@ def read_artifact(path: str | os.PathLike) -> "Artifact":
     file = p / STATS_FILE if p.is_dir() else p
     if not file.exists():
         raise ArtifactError(str(file), "no stats artifact here (run `stepnorm stats CONFIG --out DIR` first)")
+    if not file.is_file():
+        raise ArtifactError(str(file), "is not a file (a stats artifact's stats.json is a JSON file)")
     try:
-        doc = json.loads(file.read_text())
+        raw = file.read_bytes()
+        doc = json.loads(raw)
+    except OSError as exc:
+        raise ArtifactError(str(file), f"cannot read it ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(str(file), f"not valid JSON ({exc})") from None
     validate_artifact(doc, str(file))
-    return Artifact(doc, file)
+    return Artifact(doc, file, raw)
 
 
 def validate_artifact(doc: Any, where: str) -> None:
@@ -227,6 +241,22 @@ def validate_artifact(doc: Any, where: str) -> None:
                         raise ArtifactError(
                             where, f"{bname}.{key}.{kind}.{field} has {shape[-1]} dims, elsewhere {dims[key]}"
                         )
+                _check_values(stats, f"{bname}.{key}.{kind}", where)
+    if "checksum" in doc and doc["checksum"] != numbers_checksum(doc):
+        raise ArtifactError(where, "its statistics do not match their checksum: the file was edited by hand or is "
+                                   "corrupt; recompute it with `stepnorm stats`")
+
+
+def _check_values(stats: Mapping, label: str, where: str) -> None:
+    """Numbers no computation can give (a negative std or count, min above max): a hand-edited file."""
+    arrays = {f: np.asarray(_nan(stats[f]), dtype=np.float64) for f in ("count", "std", "min", "max")}
+    with np.errstate(invalid="ignore"):
+        problems = [(np.any(arrays["count"] < 0), "a negative count"), (np.any(arrays["std"] < 0), "a negative std"),
+                    (np.any(arrays["min"] > arrays["max"]), "min above max")]
+    for bad, what in problems:
+        if bad:
+            raise ArtifactError(where, f"{label} has {what}: the file was edited by hand or is corrupt; recompute "
+                                       f"it with `stepnorm stats`")
 
 
 def _shape(value: Any, where: str) -> tuple[int, ...]:
@@ -248,9 +278,10 @@ def _nan(value: Any) -> Any:
 class Artifact:
     """A validated stats artifact."""
 
-    def __init__(self, doc: dict, path: Path | None = None):
+    def __init__(self, doc: dict, path: Path | None = None, raw: bytes | None = None):
         self.doc = doc
         self.path = path
+        self.raw = raw  # the exact bytes read: a snapshot that a concurrent rewrite cannot change
 
     @property
     def directory(self) -> Path | None:

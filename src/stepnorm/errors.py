@@ -41,3 +41,7 @@ class ArtifactError(StepnormError):
 
 class StaleArtifactError(ArtifactError):
     """A stats artifact's fingerprint does not match the current config and datasets."""
+
+
+class OutputError(StepnormError):
+    """An output path stepnorm must not write to (it holds foreign files, is an input, or is busy)."""

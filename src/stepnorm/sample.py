@@ -10,11 +10,12 @@ deterministic (fixed seeds, no shuffling).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from stepnorm import outputs
 
 SAMPLE_DATASETS = {
     # name: (domain, seed, episodes, quantized gripper, workspace half-width)
@@ -83,32 +84,48 @@ def write_sample(out_dir: str | Path) -> Path:
     """Write the sample datasets and ``config.yaml`` under ``out_dir``; returns the config path."""
     import tensorflow_datasets as tfds
 
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name, (domain, seed, n, quantized, half_width) in SAMPLE_DATASETS.items():
-        rng = np.random.default_rng(seed)
-        episodes = [_episode(rng, i, quantized, half_width, name) for i in range(n)]
-        n_val = max(2, n // 8)
-        version_dir = out / name / "1.0.0"
-        description = f"stepnorm sample mixture (revision {SAMPLE_REVISION}): {domain} pick-and-place"
-        info = version_dir / "dataset_info.json"
-        if info.exists() and json.loads(info.read_text()).get("description") != description:
-            shutil.rmtree(version_dir)  # written by an older stepnorm: regenerate
-        if not info.exists():
+    out = outputs.check_output(out_dir, "sample")
+    if _is_current(out):
+        return out / "config.yaml"
+    with outputs.writing(out, "sample") as staging:
+        entries = []
+        for name, (domain, seed, n, quantized, half_width) in SAMPLE_DATASETS.items():
+            rng = np.random.default_rng(seed)
+            episodes = [_episode(rng, i, quantized, half_width, name) for i in range(n)]
+            n_val = max(2, n // 8)
             tfds.dataset_builders.store_as_tfds_dataset(
                 name=name, version="1.0.0", features=_features(),
                 split_datasets={"train": [(i, e) for i, e in enumerate(episodes[n_val:])],
                                 "val": [(i, e) for i, e in enumerate(episodes[:n_val])]},
-                data_dir=str(out), description=description,
+                data_dir=str(staging), description=_description(domain),
                 disable_shuffling=True,
             )
-        entries.append({
-            "name": name, "format": "rlds", "path": f"{name}/1.0.0", "split": "train", "weight": 1.0,
-            "domain": domain, "action_key": "action", "state_key": "observation/state",
-            "image_keys": ["observation/image"], "gripper_dims": [6], "position_dims": [0, 1, 2],
-        })
-    config = {
+            entries.append({
+                "name": name, "format": "rlds", "path": f"{name}/1.0.0", "split": "train", "weight": 1.0,
+                "domain": domain, "action_key": "action", "state_key": "observation/state",
+                "image_keys": ["observation/image"], "gripper_dims": [6], "position_dims": [0, 1, 2],
+            })
+        (staging / "config.yaml").write_text(yaml.safe_dump(_config(entries), sort_keys=False))
+    return out / "config.yaml"
+
+
+def _description(domain: str) -> str:
+    return f"stepnorm sample mixture (revision {SAMPLE_REVISION}): {domain} pick-and-place"
+
+
+def _is_current(out: Path) -> bool:
+    """``out`` already holds this revision of the sample (its datasets and config)."""
+    if not (out / "config.yaml").is_file():
+        return False
+    for name, (domain, *_) in SAMPLE_DATASETS.items():
+        info = out / name / "1.0.0" / "dataset_info.json"
+        if not info.is_file() or json.loads(info.read_text()).get("description") != _description(domain):
+            return False
+    return True
+
+
+def _config(entries: list[dict]) -> dict:
+    return {
         "horizon": 8,
         "delta_mask": [True] * 6 + [False],
         "quantiles": [0.01, 0.5, 0.99],
@@ -118,6 +135,3 @@ def write_sample(out_dir: str | Path) -> Path:
         "model": {"image_input": "uint8"},
         "datasets": entries,
     }
-    path = out / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path

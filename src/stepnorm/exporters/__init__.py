@@ -45,6 +45,8 @@ def run_export(directory: str | os.PathLike, format: str, out: str | os.PathLike
     """
     if format not in FORMATS:
         raise ExportError(None, f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ExportError(str(out), "exists and is not a directory; --out names the directory the files go into")
     artifact = read_artifact(directory)
     check_consistent(artifact)
     if config is not None:
