@@ -12,9 +12,12 @@ first try to download a Prism binary); ``--direct_running_mode multi_processing
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -178,15 +181,50 @@ def run_beam(beam_args: Sequence[str], build) -> None:
     """
     options, runner = make_pipeline_options(beam_args)
     try:
-        with beam.Pipeline(runner=runner, options=options) as p:
+        with _worker_output_kept_aside(options), beam.Pipeline(runner=runner, options=options) as p:
             build(p)
     except StepnormError:
         raise
     except Exception as exc:  # Beam wraps worker exceptions; surface ours
-        inner = _find_stepnorm_error(exc)
+        inner = _find_stepnorm_error(exc) or _stepnorm_error_from_text(str(exc))
         if inner is not None:
             raise inner from None
         raise
+
+
+@contextlib.contextmanager
+def _worker_output_kept_aside(options: PipelineOptions):
+    """Worker processes that Beam's multi_processing mode starts inherit stderr and log every
+    start-up line and, on an error, Beam's traceback there. Point file descriptor 2 (what the
+    children inherit) at a temporary file while the pipeline runs, keeping this process's own
+    ``sys.stderr`` (progress, messages) where it was. ``STEPNORM_DEBUG=1`` (``--debug``) keeps the
+    workers' output."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if (options.view_as(DirectOptions).direct_running_mode != "multi_processing"
+            or os.environ.get("STEPNORM_DEBUG") == "1"):
+        yield
+        return
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # replaced, e.g. captured by a test
+        ours = False
+    sys.stderr.flush()
+    saved = os.dup(2)
+    original = sys.stderr
+    with tempfile.TemporaryFile() as aside:
+        os.dup2(aside.fileno(), 2)
+        if ours:
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+        try:
+            yield
+        finally:
+            if ours:
+                sys.stderr.flush()
+                sys.stderr.close()
+                sys.stderr = original
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:
@@ -198,6 +236,26 @@ def _find_stepnorm_error(exc: BaseException) -> StepnormError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+_RELAYED = re.compile(r"stepnorm\.errors\.(\w+): (.+?)(?: \[while running '[^']*'\])*$", re.MULTILINE)
+
+
+def _stepnorm_error_from_text(text: str) -> StepnormError | None:
+    """Multi-process and portable runners relay a worker's exception only as its traceback text:
+    rebuild the last StepnormError named there, with its message, so the CLI still prints one line."""
+    from stepnorm import errors
+
+    found = _RELAYED.findall(text)
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, StepnormError)):
+        return None
+    error = kind.__new__(kind)
+    StepnormError.__init__(error, None, message.strip())
+    return error
 
 
 __all__ = ["AccumulateFn", "ReadEpisodesFn", "compute_summaries", "make_pipeline_options", "run_beam"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from stepnorm.errors import StepnormError
@@ -73,9 +74,18 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``stepnorm: error: ...``) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"stepnorm: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepnorm", description="Per-timestep action-chunk statistics for robot datasets")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="stepnorm", description="Per-timestep action-chunk statistics for robot datasets")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error (and Beam's logs)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("stats", help="per-dataset and combined statistics artifact (Beam)")
     p.add_argument("config")
@@ -130,13 +140,27 @@ class _BeamNoise(logging.Filter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 done, 1 the gate found errors, 2 anything else).
+
+    Every failure is one line on stderr, ``stepnorm: error: <file>: <problem>``; ``--debug`` adds
+    the traceback.
+    """
     for logger in ("", "apache_beam.options.pipeline_options", "apache_beam.runners.portability.local_job_service"):
         logging.getLogger(logger).addFilter(_BeamNoise())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    args.debug = debug
+    if debug:  # also seen by the pipelines (worker output) and by Beam workers this process starts
+        os.environ["STEPNORM_DEBUG"] = "1"
     if extra and not getattr(args, "accepts_beam_options", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
+    beam_logger = logging.getLogger("apache_beam")
+    level = beam_logger.level
+    if not args.debug:  # Beam logs worker failures with their tracebacks; stepnorm prints its own line
+        beam_logger.setLevel(logging.CRITICAL)
     try:
         if extra:  # fail before any work, even when every dataset would come from the cache
             from stepnorm.pipelines.stats_beam import make_pipeline_options
@@ -144,8 +168,27 @@ def main(argv: list[str] | None = None) -> int:
             make_pipeline_options(extra)
         return int(args.func(args) or 0)
     except StepnormError as exc:
-        print(f"stepnorm: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, exc, str(exc), exc.exit_code)
+    except OSError as exc:  # disk full, read-only filesystem, permissions, ...
+        where = exc.filename or "<filesystem>"
+        return _fail(args, exc, f"{where}: {exc.strerror or exc}")
+    except KeyboardInterrupt as exc:
+        return _fail(args, exc, "interrupted; nothing unfinished was published")
+    except Exception as exc:  # a bug or a crashed worker: still one line and exit 2
+        text = " ".join(str(exc).split())[:300]
+        return _fail(args, exc, f"internal error ({type(exc).__name__}: {text}); rerun with --debug for the "
+                                f"traceback")
+    finally:
+        beam_logger.setLevel(level)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, line: str, code: int = 2) -> int:
+    if args.debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"stepnorm: error: {line}", file=sys.stderr)
+    return code
 
 
 def entry() -> None:
