@@ -41,6 +41,14 @@ def artifact_from_accumulators(cfg: Config, accumulators: Mapping[str, ChunkStat
         if mask is not None and len(mask) != acc.action_dim:
             raise InputDataError(ds.path, f"normalization.action.mask has {len(mask)} entries but dataset "
                                           f"{ds.name!r} has {acc.action_dim} action dims")
+        state_spec = cfg.normalization.get("state")
+        if state_spec is not None and state_spec.mask is not None and len(state_spec.mask) != (acc.state_dim or 0):
+            raise InputDataError(ds.path, f"normalization.state.mask has {len(state_spec.mask)} entries but dataset "
+                                          f"{ds.name!r} has {acc.state_dim or 0} state dims")
+        for label, indices, width in (("gripper_dims", ds.gripper_dims, acc.action_dim),
+                                      ("position_dims", ds.position_dims, acc.state_dim or 0)):
+            if any(d >= width for d in indices):
+                raise InputDataError(ds.path, f"datasets.{ds.name}.{label} {indices} out of range for {width} dims")
         finals[ds.name] = acc.finalize()
     if len(set(dims.values())) > 1:
         listing = ", ".join(f"{n}: action {a}, state {s}" for n, (a, s) in dims.items())

@@ -6,7 +6,9 @@ the config file and the key at fault.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,12 @@ IMAGE_INPUTS = ("uint8", "float01", "float_minus1_1", "float_minus05_05", "image
 FORMATS = ("rlds", "lerobot")
 DOMAINS = ("real", "sim")
 NORMALIZE_WITH = ("combined", "per_dataset")
+# Dataset names become TFDS dataset and file names.
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# Resource limits, checked before any work: chunk lengths of real policies are <= a few hundred;
+# DataSketches' KLL k is a 16-bit number.
+MAX_HORIZON = 4096
+MAX_SKETCH_K = 65535
 
 
 @dataclass
@@ -86,13 +94,36 @@ _DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__}
 _NORM_KEYS = {"mode", "mask", "clip"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(None, f"key {key!r} appears twice in one mapping at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate a config file."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(str(p), "config file does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), "config file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(str(p), "is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), f"is not UTF-8 text (byte {exc.start}); a config is a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(str(p), f"cannot read the config file ({exc.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(str(p), exc.problem) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -107,7 +138,7 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
     _no_unknown(raw, _TOP_KEYS, where, "")
     if "horizon" not in raw:
         raise ConfigError(where, "missing required key 'horizon'")
-    horizon = _int(raw["horizon"], where, "horizon", minimum=1)
+    horizon = _int(raw["horizon"], where, "horizon", minimum=1, maximum=MAX_HORIZON)
     quantiles = raw.get("quantiles", [0.01, 0.99])
     if not isinstance(quantiles, list) or not quantiles:
         raise ConfigError(where, f"quantiles must be a non-empty list, got {quantiles!r}")
@@ -157,7 +188,7 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
     validators = raw.get("validators", {}) or {}
     if not isinstance(validators, dict):
         raise ConfigError(where, "validators must be a mapping of validator name -> thresholds")
-    sketch_k = _int(raw.get("sketch_k", DEFAULT_SKETCH_K), where, "sketch_k", minimum=8)
+    sketch_k = _int(raw.get("sketch_k", DEFAULT_SKETCH_K), where, "sketch_k", minimum=8, maximum=MAX_SKETCH_K)
     datasets = _datasets(raw.get("datasets"), where, base_dir)
     # gripper_dims index the action; where the config fixes the action's width, check them now.
     width = len(delta_mask) if delta_mask is not None else (len(action_mask) if action_mask is not None else None)
@@ -165,8 +196,6 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
         bad = [d for d in ds.gripper_dims if width is not None and d >= width]
         if bad:
             raise ConfigError(where, f"datasets.{ds.name}.gripper_dims {bad} out of range for {width} action dims")
-    if weighting == "mixture" and not any(ds.weight > 0 for ds in datasets):
-        raise ConfigError(where, "weighting: mixture needs at least one dataset with weight > 0")
     return Config(horizon=horizon, datasets=datasets, quantiles=quantiles, weighting=weighting,
                   delta_mask=delta_mask, normalization=normalization, normalize_with=normalize_with,
                   model=model, validators=validators, sketch_k=sketch_k, path=where)
@@ -185,8 +214,12 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
             if key not in item:
                 raise ConfigError(where, f"{label} is missing required key {key!r}")
         name = item["name"]
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise ConfigError(where, f"{label}.name must be a plain non-empty string, got {name!r}")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            suggestion = re.sub(r"[^a-z0-9_]+", "_", str(name).lower()).strip("_")
+            suggestion = f"; e.g. {suggestion!r}" if suggestion and suggestion[0].isalpha() else ""
+            raise ConfigError(where, f"{label}.name {name!r} is not a valid dataset name: use lowercase ASCII "
+                                     f"letters, digits and underscores, starting with a letter (TFDS names the "
+                                     f"output files after it){suggestion}")
         if name in names:
             raise ConfigError(where, f"dataset name {name!r} appears twice")
         names.add(name)
@@ -201,8 +234,8 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
                 raise ConfigError(where, f"{label}.path {path!r} does not exist (resolved to {resolved})")
             path = str(resolved)
         weight = item.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(where, f"{label}.weight must be a number >= 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(where, f"{label}.weight must be a finite number > 0, got {weight!r}")
         if "split" in item and (not isinstance(item["split"], str) or not item["split"]):
             raise ConfigError(where, f"{label}.split must be a non-empty string, got {item['split']!r}")
         action_key = _step_keys(item.get("action_key", "action"), item["format"], where, f"{label}.action_key")
@@ -259,9 +292,11 @@ def _choice(value: Any, choices, where: str, key: str) -> None:
         raise ConfigError(where, f"{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _int(value: Any, where: str, key: str, minimum: int) -> int:
+def _int(value: Any, where: str, key: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(where, f"{key} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(where, f"{key} must be at most {maximum}, got {value!r}")
     return value
 
 

@@ -18,7 +18,7 @@ from stepnorm.errors import InputDataError
 from stepnorm.sources.base import Episode
 from stepnorm.sources.transforms import apply_transforms, build_transforms, transform_identity
 
-__all__ = ["Episode", "ReadTask", "dataset_fingerprint", "read_tasks", "read_task"]
+__all__ = ["Episode", "ReadTask", "check_widths", "dataset_fingerprint", "declared_widths", "read_tasks", "read_task"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ReadTask:
     skip: int = 0
     take: int = -1
     first_index: int = 0
+    shard_length: int = -1  # RLDS: records the shard holds per dataset_info.json
 
 
 def read_tasks(ds: DatasetConfig) -> list[ReadTask]:
@@ -37,7 +38,8 @@ def read_tasks(ds: DatasetConfig) -> list[ReadTask]:
     if ds.format == "rlds":
         from stepnorm.sources.rlds import shard_reads
 
-        return [ReadTask(ds.name, r.filename, r.skip, r.take, r.first_index) for r in shard_reads(ds.path, ds.split)]
+        return [ReadTask(ds.name, r.filename, r.skip, r.take, r.first_index, r.shard_length)
+                for r in shard_reads(ds.path, ds.split)]
     # One task per LeRobot dataset: a v3.0 episode may continue in the next file, and max_frames
     # cuts across files in order; the parquet fast path is cheap next to RLDS decoding.
     return [ReadTask(ds.name, ds.path)]
@@ -49,7 +51,8 @@ def read_task(ds: DatasetConfig, task: ReadTask, *, image_keys=(), keep_serializ
     if ds.format == "rlds":
         from stepnorm.sources.rlds import ShardRead, iter_shard_episodes
 
-        episodes = iter_shard_episodes(ds.path, ShardRead(task.locator, task.skip, task.take, task.first_index),
+        episodes = iter_shard_episodes(ds.path, ShardRead(task.locator, task.skip, task.take, task.first_index,
+                                                               task.shard_length),
                                        dataset=ds.name, action_key=ds.action_key, state_key=ds.state_key,
                                        image_keys=image_keys, keep_serialized=keep_serialized)
     else:
@@ -59,6 +62,62 @@ def read_task(ds: DatasetConfig, task: ReadTask, *, image_keys=(), keep_serializ
                                          state_key=ds.state_key, max_frames=ds.max_frames)
     for episode in episodes:
         yield apply_transforms(episode, transforms) if transforms else episode
+
+
+def declared_widths(ds: DatasetConfig) -> tuple[int, int | None]:
+    """(action dims, state dims or None) as the dataset's metadata declares them, after the
+    dataset's transforms: what the statistics will have, known before any data is read."""
+    import numpy as np
+
+    if ds.format == "rlds":
+        from stepnorm.sources.rlds import declared_widths as rlds_widths, key_list
+
+        action = sum(rlds_widths(ds.path, key_list(ds.action_key)))
+        state = sum(rlds_widths(ds.path, key_list(ds.state_key))) if ds.state_key is not None else None
+    else:
+        from stepnorm.sources.lerobot import declared_width
+
+        action = declared_width(ds.path, ds.action_key)
+        state = declared_width(ds.path, ds.state_key) if ds.state_key is not None else None
+    probe = Episode(ds.name, f"{ds.path} (declared shapes)", 0, np.zeros((2, action)),
+                    None if state is None else np.zeros((2, state)))
+    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
+    with np.errstate(all="ignore"):  # zeros stand in for the values; only the widths matter
+        probe = apply_transforms(probe, transforms) if transforms else probe
+    return probe.action.shape[1], None if probe.state is None else probe.state.shape[1]
+
+
+def check_widths(cfg: Config, names=None) -> None:
+    """Every mask and dim index of the config against the widths the datasets (all, or ``names``) declare.
+
+    Raises ConfigError naming the config key, before any pipeline starts (a mask of the wrong
+    length would otherwise surface late, or only in `stepnorm normalize`).
+    """
+    from stepnorm.errors import ConfigError
+
+    where = cfg.path or "<config>"
+    for ds in cfg.datasets:
+        if names is not None and ds.name not in names:
+            continue
+        action, state = declared_widths(ds)
+        checks = []  # (delta_mask is checked against each episode as it is read, naming the file)
+        for key, width, what in (("action", action, "action"), ("state", state, "state")):
+            spec = cfg.normalization.get(key)
+            if spec is not None and spec.mask is not None:
+                checks.append((f"normalization.{key}.mask", spec.mask, width, what))
+        for label, mask, width, what in checks:
+            if mask is None:
+                continue
+            if width is None:
+                raise ConfigError(where, f"{label} needs datasets.{ds.name}.state_key (the dataset has no state)")
+            if len(mask) != width:
+                raise ConfigError(where, f"{label} has {len(mask)} entries but dataset {ds.name!r} has {width} "
+                                         f"{what} dims ({ds.path})")
+        for label, dims, width in (("gripper_dims", ds.gripper_dims, action), ("position_dims", ds.position_dims, state)):
+            bad = [d for d in dims if width is None or d >= width]
+            if bad:
+                raise ConfigError(where, f"datasets.{ds.name}.{label} {bad} out of range for {width or 0} "
+                                         f"{'action' if label == 'gripper_dims' else 'state'} dims")
 
 
 def _file_identity(path: str) -> dict:

@@ -133,6 +133,7 @@ def iter_lerobot_episodes(
     widths = _FeatureWidths(info, root, action_key, state_key, warnings)
     remaining = max_frames
     seen: set[int] = set()
+    lengths: dict[int, int] = {}  # episode_index -> frames, as the data holds them
     pending: Episode | None = None
     pending_files: list[Path] = []
     n_episodes = n_frames = 0
@@ -153,6 +154,7 @@ def iter_lerobot_episodes(
             else:
                 if pending is not None:
                     yield pending
+                    lengths[pending.index] = pending.length
                     n_episodes += 1
                     n_frames += pending.length
                     if remaining is not None:
@@ -172,6 +174,8 @@ def iter_lerobot_episodes(
     if pending is None:
         raise InputDataError(str(root / "data"), "the parquet data files hold no episodes")
     yield pending
+    lengths[pending.index] = pending.length
+    _check_declared_episodes(root, lengths)
     _check_totals(info, root, n_episodes + 1, n_frames + pending.length, warnings)
 
 
@@ -233,6 +237,15 @@ def iter_lerobot_file_episodes(
         order_key = order_key[order] if order_key is not None else None
         arrays = {name: values[order] for name, values in arrays.items()}
 
+    if order_column in ("frame_index", "index"):
+        repeated = (np.diff(episode_index) == 0) & (np.diff(order_key) == 0)
+        if repeated.any():
+            row = int(np.flatnonzero(repeated)[0]) + 1
+            raise InputDataError(
+                str(file),
+                f"{int(repeated.sum())} duplicated rows: episode_index {int(episode_index[row])} has "
+                f"{order_column} {order_key[row]} more than once (rows written twice?)",
+            )
     starts = np.concatenate(([0], np.flatnonzero(np.diff(episode_index)) + 1))
     stops = np.append(starts[1:], len(episode_index))
     if order_column == "frame_index" and warnings is not None:
@@ -460,6 +473,93 @@ class _FeatureWidths:
                 f"{self.root / 'meta' / 'info.json'}: feature {key!r} declares shape {shape} "
                 f"but the data has {width} values per row; using the data"
             )
+
+
+def declared_width(path: str | Path, key: str) -> int:
+    """Values per row of column ``key``, from the first data file: its parquet schema for a
+    fixed-size list, else its first row (the data wins over ``info.json`` shapes, which real
+    datasets get wrong). Reads no more than one row group of one column."""
+    file = lerobot_data_files(Path(path))[0]
+    pf = _open_parquet(file)
+    schema = pf.schema_arrow
+    if key not in schema.names:
+        raise InputDataError(str(file), f"no column {key!r}; available columns: {', '.join(schema.names)}")
+    kind = schema.field(key).type
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    if _is_plain_number(kind):
+        return 1
+    if pf.metadata.num_rows == 0 or pf.metadata.num_row_groups == 0:
+        raise InputDataError(str(file), f"column {key!r} has no rows to tell its width")
+    try:
+        return _matrix_column(pf.read_row_group(0, columns=[key]).slice(0, 1), key, file).shape[1]
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(str(file), f"cannot read parquet data ({exc})") from exc
+
+
+def declared_episodes(root: Path) -> dict[int, int] | None:
+    """``episode_index -> length`` as the dataset's episode metadata declares them (v2.x
+    ``meta/episodes.jsonl``, v3.0 ``meta/episodes/**/*.parquet``); None when it has none."""
+    jsonl = root / "meta" / "episodes.jsonl"
+    try:
+        if jsonl.is_file():
+            rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return {int(r["episode_index"]): int(r["length"]) for r in rows}
+        files = sorted((root / "meta" / "episodes").rglob("*.parquet"))
+        if not files:
+            return None
+        out = {}
+        for file in files:
+            table = pq.read_table(file, columns=["episode_index", "length"])
+            out.update(zip(table["episode_index"].to_pylist(), table["length"].to_pylist()))
+        return {int(k): int(v) for k, v in out.items()}
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        raise InputDataError(str(root / "meta"), f"episode metadata is unreadable ({exc})") from None
+
+
+def metadata_warnings(path: str | Path) -> list[str]:
+    """Where ``info.json``'s totals disagree with the data files (read from the parquet footers and
+    the episode metadata, no data): real datasets carry totals copied from a larger original, so
+    these are warnings the launcher prints; the data wins."""
+    root = Path(path)
+    info = lerobot_info(root)
+    rows = 0
+    for file in lerobot_data_files(root):
+        rows += _open_parquet(file).metadata.num_rows
+    declared = declared_episodes(root)
+    out = []
+    for field, actual, unit in (("total_frames", rows, "frames"),
+                                ("total_episodes", None if declared is None else len(declared), "episodes")):
+        said = info.get(field)
+        if actual is not None and isinstance(said, int) and said != actual:
+            out.append(f"{root / 'meta' / 'info.json'}: {field} says {said} but the data holds {actual} {unit}; "
+                       f"using the data")
+    return out
+
+
+def _check_declared_episodes(root: Path, lengths: dict[int, int]) -> None:
+    """Every episode the metadata declares is in the data files, with its declared length, and no
+    other: a missing episode file, or rows appended, must not pass as a smaller or larger dataset."""
+    declared = declared_episodes(root)
+    if declared is None:
+        return
+    where = str(root / "meta" / ("episodes.jsonl" if (root / "meta" / "episodes.jsonl").is_file() else "episodes"))
+    missing = sorted(set(declared) - set(lengths))
+    extra = sorted(set(lengths) - set(declared))
+    if missing or extra:
+        detail = (f"missing from the data: episode_index {_listing(missing)}" if missing
+                  else f"not declared: episode_index {_listing(extra)}")
+        raise InputDataError(where, f"declares {len(declared)} episodes but the data files hold {len(lengths)} "
+                                    f"({detail})")
+    wrong = [(i, declared[i], lengths[i]) for i in sorted(lengths) if declared[i] != lengths[i]]
+    if wrong:
+        i, said, got = wrong[0]
+        raise InputDataError(where, f"{len(wrong)} episode(s) have another length in the data: episode_index {i} "
+                                    f"is declared with {said} frames, the data holds {got}")
+
+
+def _listing(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values[:5]) + (" ..." if len(values) > 5 else "")
 
 
 def _check_totals(

@@ -11,6 +11,7 @@ Works on any filesystem TFDS supports (local paths, ``gs://``).
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
@@ -33,6 +34,7 @@ class ShardRead:
     skip: int
     take: int
     first_index: int
+    shard_length: int = -1  # records dataset_info.json declares for the whole shard (-1: unknown)
 
 
 def _tfds():
@@ -69,7 +71,7 @@ def shard_reads(path: str, split: str) -> list[ShardRead]:
                                      f"(splits: {', '.join(builder.info.splits)})") from None
     out, index = [], 0
     for ins in instructions:
-        out.append(ShardRead(str(ins.filename), int(ins.skip), int(ins.take), index))
+        out.append(ShardRead(str(ins.filename), int(ins.skip), int(ins.take), index, int(ins.examples_in_shard)))
         index += int(ins.take)
     return out
 
@@ -113,6 +115,8 @@ def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
                 if position >= read.skip:
                     count += 1
                     yield record
+            if count == read.take and read.skip + read.take == read.shard_length:
+                _check_shard_end(handle, read)
     except (ValueError, struct.error) as exc:
         raise InputDataError(read.filename, f"corrupt or truncated TFRecord shard at record {read.skip + count} "
                                             f"({str(exc).split(':')[0]})") from None
@@ -121,6 +125,29 @@ def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
     if count != read.take:
         raise InputDataError(read.filename, f"truncated shard: holds {read.skip + count} records, "
                                             f"dataset_info.json says at least {read.skip + read.take}")
+
+
+def _check_shard_end(handle, read: ShardRead) -> None:
+    """After the last declared record a shard must end: a further record means dataset_info.json's
+    ``shardLengths`` undercounts the shard (its episodes would be silently skipped); other bytes
+    mean the file was appended to or damaged."""
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    position = handle.tell()
+    if not handle.read(1):
+        return
+    handle.seek(position)
+    try:
+        extra = _TFRecordUtil.read_record(handle)
+    except (ValueError, struct.error):
+        extra = None
+    if extra is not None:
+        raise InputDataError(read.filename, f"holds more records than the {read.shard_length} that "
+                                            f"dataset_info.json's shardLengths declares; its episodes would be "
+                                            f"skipped (fix dataset_info.json or re-create the dataset)")
+    handle.seek(0, os.SEEK_END)
+    raise InputDataError(read.filename, f"{handle.tell() - position} bytes after its last record "
+                                        f"(record {read.shard_length}): the file was appended to or is corrupt")
 
 
 def _open_binary(path: str):
@@ -230,6 +257,23 @@ def iter_rlds_episodes(path: str, *, dataset: str, split: str, action_key: StepK
     for read in shard_reads(path, split):
         yield from iter_shard_episodes(path, read, dataset=dataset, action_key=action_key,
                                        state_key=state_key, image_keys=image_keys)
+
+
+def declared_widths(path: str, keys: Sequence[str]) -> list[int]:
+    """Per step key, the dims one step holds as ``features.json`` declares them (no data read)."""
+    tfds = _tfds()
+    flat = tfds.core.utils.flatten_nest_dict(rlds_builder(str(path)).info.features.get_serialized_info())
+    out = []
+    for key in keys:
+        spec = flat.get(f"steps/{key}")
+        if spec is None:
+            available = sorted(k[len("steps/"):] for k in flat if k.startswith("steps/"))
+            raise InputDataError(str(path), f"no step feature {key!r} (available: {', '.join(available)})")
+        shape = spec.shape[1:]
+        if any(d is None for d in shape):
+            raise InputDataError(str(path), f"step feature {key!r} has no fixed shape ({list(shape)})")
+        out.append(int(np.prod(shape, dtype=np.int64)))
+    return out
 
 
 def _step_width(parser, key: str) -> int:

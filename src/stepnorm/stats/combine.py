@@ -13,6 +13,8 @@ mixture statistics from several datasets' ``FinalStats``:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -165,6 +167,12 @@ def combine(parts: Sequence[tuple[FinalStats, float]], weighting: str = "samples
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if not parts:
         raise ValueError("combine needs at least one dataset")
+    weights = [float(w) for _, w in parts]
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"weights must be finite and >= 0, got {weights}")
+    # Only ratios matter; scaling by the largest keeps sums of huge weights (1e308) finite.
+    top = max(weights) or 1.0
+    parts = [(p, w / top) for (p, _), w in zip(parts, weights)]
     horizons = {p.horizon for p, _ in parts}
     if len(horizons) != 1:
         raise ValueError(f"cannot combine statistics with different horizons {sorted(horizons)}")
