@@ -88,36 +88,57 @@ def declared_widths(ds: DatasetConfig) -> tuple[int, int | None]:
 
 
 def check_widths(cfg: Config, names=None) -> None:
-    """Every mask and dim index of the config against the widths the datasets (all, or ``names``) declare.
+    """Every mask and dim index of the config against the widths the datasets (all, or ``names``)
+    declare, before any pipeline starts (a mask of the wrong length would otherwise surface only
+    after reading, or only in `stepnorm normalize`).
 
-    Raises ConfigError naming the config key, before any pipeline starts (a mask of the wrong
-    length would otherwise surface late, or only in `stepnorm normalize`).
+    The checks run in the order reading would meet them, with the same messages: a delta_mask
+    of another width (naming the dataset's first file), action/state dims that differ across
+    datasets, then masks (ConfigError) and dim indices.
     """
     from stepnorm.errors import ConfigError
 
     where = cfg.path or "<config>"
-    for ds in cfg.datasets:
-        if names is not None and ds.name not in names:
-            continue
-        action, state = declared_widths(ds)
-        checks = []  # (delta_mask is checked against each episode as it is read, naming the file)
-        for key, width, what in (("action", action, "action"), ("state", state, "state")):
+    chosen = [ds for ds in cfg.datasets if names is None or ds.name in names]
+    widths = {}
+    for ds in chosen:
+        action, state = widths[ds.name] = declared_widths(ds)
+        if cfg.delta_mask is not None and len(cfg.delta_mask) != action:
+            raise InputDataError(f"{ds.name} ({_first_file(ds)})", f"delta_mask has {len(cfg.delta_mask)} entries "
+                                                                  f"but the action has {action} dims")
+    if len(set(widths.values())) > 1:
+        listing = ", ".join(f"{n}: action {a}, state {s}" for n, (a, s) in widths.items())
+        raise InputDataError(where, f"action/state dims differ across datasets ({listing}); standardize them "
+                                    f"with transforms (select_dims)")
+    for ds in chosen:
+        action, state = widths[ds.name]
+        for key, width in (("action", action), ("state", state)):
             spec = cfg.normalization.get(key)
-            if spec is not None and spec.mask is not None:
-                checks.append((f"normalization.{key}.mask", spec.mask, width, what))
-        for label, mask, width, what in checks:
-            if mask is None:
+            if spec is None or spec.mask is None:
                 continue
             if width is None:
-                raise ConfigError(where, f"{label} needs datasets.{ds.name}.state_key (the dataset has no state)")
-            if len(mask) != width:
-                raise ConfigError(where, f"{label} has {len(mask)} entries but dataset {ds.name!r} has {width} "
-                                         f"{what} dims ({ds.path})")
-        for label, dims, width in (("gripper_dims", ds.gripper_dims, action), ("position_dims", ds.position_dims, state)):
+                raise ConfigError(where, f"normalization.{key}.mask needs datasets.{ds.name}.state_key (the "
+                                         f"dataset has no state)")
+            if len(spec.mask) != width:
+                raise ConfigError(where, f"normalization.{key}.mask has {len(spec.mask)} entries but dataset "
+                                         f"{ds.name!r} has {width} {key} dims ({ds.path})")
+        for label, dims, width, what in (("gripper_dims", ds.gripper_dims, action, "action"),
+                                         ("position_dims", ds.position_dims, state, "state")):
             bad = [d for d in dims if width is None or d >= width]
             if bad:
-                raise ConfigError(where, f"datasets.{ds.name}.{label} {bad} out of range for {width or 0} "
-                                         f"{'action' if label == 'gripper_dims' else 'state'} dims")
+                raise ConfigError(where, f"datasets.{ds.name}.{label} {bad} out of range for {width or 0} {what} "
+                                         f"dims")
+
+
+def _first_file(ds: DatasetConfig) -> str:
+    if ds.format == "rlds":
+        from stepnorm.sources.rlds import shard_reads
+
+        reads = shard_reads(ds.path, ds.split)
+        return reads[0].filename if reads else ds.path
+    from stepnorm.sources.lerobot import lerobot_data_files
+
+    return str(lerobot_data_files(ds.path)[0])
 
 
 def _file_identity(path: str) -> dict:
