@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The demo prints stepnorm's own lines only; the gated run must exit 1 (the planted mismatch), so
+# any other exit code (a crash is 2) fails the demo instead of being ignored.
 demo: $(STAMP)
-	$(BIN)/stepnorm sample demo_out/sample
+	@echo "--- stepnorm sample demo_out/sample: the built-in sim/real mixture"
+	@$(BIN)/stepnorm sample demo_out/sample
 	@echo "--- stepnorm run: the gate catches the sample's sim/real gripper and workspace mismatch (exit 1, nothing normalized)"
-	-$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run
+	@$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run; test $$? -eq 1
 	@echo "--- the same run with --force (statistics reused from the cache)"
-	$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run --force
+	@$(BIN)/stepnorm run demo_out/sample/config.yaml --out demo_out/run --force
 
 # The report test opens the HTML report in headless Chromium (Debian's package).
 browser:

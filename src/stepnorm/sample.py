@@ -9,7 +9,10 @@ deterministic (fixed seeds, no shuffling).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,27 @@ def _episode(rng: np.random.Generator, index: int, quantized: bool, half_width: 
     return {"steps": steps, "episode_metadata": {"file_path": f"{name}/episode_{index:04d}", "episode_id": index}}
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Keep TFDS's builder output off the terminal while it writes the sample.
+
+    ``store_as_tfds_dataset`` prints "Downloading and preparing ..." / "... downloaded and
+    prepared" (stdout), draws tqdm progress bars (stderr) and logs absl warnings about the empty
+    folder it is about to fill; for a built-in sample none of it tells the user anything, and it
+    buried stepnorm's own lines in ``make demo``. Both streams are redirected only for the call
+    (TFDS's own progress-bar switch is global and has no getter to restore it); errors still
+    reach the caller as exceptions, and absl errors still go through logging.
+    """
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def write_sample(out_dir: str | Path) -> Path:
     """Write the sample datasets and ``config.yaml`` under ``out_dir``; returns the config path."""
     import tensorflow_datasets as tfds
@@ -93,13 +117,14 @@ def write_sample(out_dir: str | Path) -> Path:
             rng = np.random.default_rng(seed)
             episodes = [_episode(rng, i, quantized, half_width, name) for i in range(n)]
             n_val = max(2, n // 8)
-            tfds.dataset_builders.store_as_tfds_dataset(
-                name=name, version="1.0.0", features=_features(),
-                split_datasets={"train": [(i, e) for i, e in enumerate(episodes[n_val:])],
-                                "val": [(i, e) for i, e in enumerate(episodes[:n_val])]},
-                data_dir=str(staging), description=_description(domain),
-                disable_shuffling=True,
-            )
+            with _quiet_tfds():
+                tfds.dataset_builders.store_as_tfds_dataset(
+                    name=name, version="1.0.0", features=_features(),
+                    split_datasets={"train": [(i, e) for i, e in enumerate(episodes[n_val:])],
+                                    "val": [(i, e) for i, e in enumerate(episodes[:n_val])]},
+                    data_dir=str(staging), description=_description(domain),
+                    disable_shuffling=True,
+                )
             entries.append({
                 "name": name, "format": "rlds", "path": f"{name}/1.0.0", "split": "train", "weight": 1.0,
                 "domain": domain, "action_key": "action", "state_key": "observation/state",
