@@ -1,4 +1,4 @@
-"""`stepnorm sample DIR`: the built-in demo mixture is written quietly (stepnorm's own line only)."""
+"""`stepnorm sample DIR` (stepnorm.demo_data): the built-in demo mixture is written quietly (stepnorm's own line only)."""
 
 import subprocess
 import sys

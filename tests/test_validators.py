@@ -30,7 +30,7 @@ IMAGE_KEY = "observation/image"
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """The built-in sample mixture (two small TFDS datasets + config), written once."""
-    from stepnorm.sample import write_sample
+    from stepnorm.demo_data import write_sample
 
     out = tmp_path_factory.mktemp("sample")
     write_sample(out)

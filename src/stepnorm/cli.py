@@ -67,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from stepnorm.sample import write_sample
+    from stepnorm.demo_data import write_sample
 
     config = write_sample(args.dir)
     print(f"sample mixture written; config: {config}")

@@ -1,4 +1,4 @@
-"""The built-in sample mixture: two small RLDS datasets (one ``sim``, one ``real``) and a config.
+"""The built-in demo mixture (`stepnorm sample DIR`): two small RLDS datasets (``sim``, ``real``) and a config.
 
 Both are pick-and-place episodes of a 7-D action (absolute end-effector position and rotation
 targets for the next step, gripper) with an 8-D state and one 64x64 JPEG camera, written with TFDS's own builder machinery so
