@@ -11,6 +11,8 @@ guard for live observation batches (min, max and dtype only).
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from stepnorm.validators.base import Finding, ValidationContext, validator
@@ -114,26 +116,42 @@ def check_image_batch(x, expect: str = "uint8", *, name: str = "images", allow_b
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The encodings the validator reads (what TFDS's Image feature and LeRobot's image datasets store).
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    """One sampled frame as an array of its stored pixel values (raises if it does not decode)."""
+    import png  # pypng
+    from PIL import Image
+
+    from stepnorm.samples import decode_frame
+
+    raw = decode_frame(blob)
+    if raw is not None:
+        return raw
+    if blob[:8] == _PNG_SIGNATURE and len(blob) > 24 and blob[24] == 16:
+        # Pillow reads a 16-bit colour PNG as 8 bits per channel (it keeps the high byte); the
+        # value range is what this validator is about, so 16-bit PNGs go through pypng.
+        _, _, pixels, _ = png.Reader(bytes=blob).read_flat()
+        return np.asarray(pixels, np.uint16)
+    with Image.open(io.BytesIO(blob), formats=_FORMATS) as img:
+        if img.mode in ("1", "P", "PA"):
+            # Bit masks and palette indices are not pixel values: take the colours they stand for.
+            has_alpha = img.mode == "PA" or "transparency" in img.info
+            img = img.convert("RGBA" if has_alpha else "L" if img.mode == "1" else "RGB")
+        return np.asarray(img)
 
 
 def _decode_frames(frames: list[bytes]):
-    """Decoded frames' (min, max, is_float, blank) per frame, and how many failed to decode."""
-    import tensorflow as tf
-
-    from stepnorm.samples import decode_frame
+    """Decoded frames' (min, max, is_float, dtype) per frame, and how many failed to decode."""
+    import png  # pypng
 
     stats, failed = [], 0
     for blob in frames:
         try:
-            raw = decode_frame(blob)
-            # decode_image would convert a 16-bit PNG to uint8: keep its real range.
-            if raw is not None:
-                img = raw
-            elif blob[:8] == _PNG_SIGNATURE and len(blob) > 24 and blob[24] == 16:
-                img = tf.io.decode_png(blob, dtype=tf.uint16).numpy()
-            else:
-                img = tf.io.decode_image(blob, expand_animations=False).numpy()
-        except (tf.errors.InvalidArgumentError, ValueError):
+            img = _decode(blob)
+        except (OSError, ValueError, SyntaxError, png.Error):  # PIL.UnidentifiedImageError is an OSError
             failed += 1
             continue
         stats.append((float(img.min()), float(img.max()), img.dtype.kind == "f", str(img.dtype)))
