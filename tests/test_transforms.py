@@ -335,3 +335,29 @@ def test_quat_to_euler_zero_quaternion_gives_nan_for_the_finite_check():
     ep = Episode("q", "q", 0, np.array([[0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0, 1.0]]))
     out = run([{"name": "quat_to_euler", "args": {"dim": 0}}], ep)
     assert np.isnan(out.action[0, :3]).all() and np.isfinite(out.action[1]).all()
+
+
+def test_registry_refuses_a_duplicate_name(tmp_path, monkeypatch):
+    from stepnorm.sources.transforms import register
+
+    monkeypatch.setattr("stepnorm.sources.transforms.TRANSFORMS", dict(TRANSFORMS))
+    import stepnorm.sources.transforms as transforms
+
+    original = transforms.TRANSFORMS["clip"]
+    clash = load_transform_class(tmp_path, monkeypatch, "custom_clash", "return episode")
+    clash.name = "clip"
+    with pytest.raises(ValueError, match=r"transform name 'clip' is already registered by "
+                                         r"stepnorm\.sources\.transforms\.Clip; custom_clash\.Custom needs another name"):
+        register(clash)
+    assert transforms.TRANSFORMS["clip"] is original  # not overwritten
+    # a new name registers; the same definition again (a reloaded module) replaces itself
+    fresh = load_transform_class(tmp_path, monkeypatch, "custom_fresh", "return episode")
+    fresh.name = "custom_fresh"
+    assert register(fresh) is fresh
+    reloaded = load_transform_class(tmp_path, monkeypatch, "custom_fresh", "return episode")
+    reloaded.name = "custom_fresh"
+    assert register(reloaded) is reloaded and transforms.TRANSFORMS["custom_fresh"] is reloaded
+    nameless = load_transform_class(tmp_path, monkeypatch, "custom_nameless", "return episode")
+    del nameless.name
+    with pytest.raises(TypeError, match="custom_nameless.Custom has no name"):
+        register(nameless)

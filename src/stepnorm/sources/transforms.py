@@ -33,8 +33,20 @@ TRANSFORMS: dict[str, type[Transform]] = {}
 
 
 def register(cls: type[Transform]) -> type[Transform]:
-    """Class decorator: make a transform available to configs under ``cls.name``."""
-    TRANSFORMS[cls.name] = cls
+    """Class decorator: make a transform available to configs under ``cls.name``.
+
+    A name already taken by another transform is refused: overwriting it would silently change
+    what existing configs (and their cached statistics) mean. Registering the same definition
+    again (the same module and class name, e.g. a reloaded module) replaces it.
+    """
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"transform {cls.__module__}.{cls.__qualname__} has no name (set the class attribute `name`)")
+    taken = TRANSFORMS.get(name)
+    if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"transform name {name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
+                         f"{cls.__module__}.{cls.__qualname__} needs another name")
+    TRANSFORMS[name] = cls
     return cls
 
 
