@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from stepnorm.errors import ConfigError, InputDataError
-from stepnorm.sources.rlds import iter_rlds_episodes, shard_reads
+from stepnorm.sources.rlds import iter_shard_episodes, shard_reads
+
+
+def iter_rlds_episodes(path, *, dataset, split, action_key, state_key, image_keys=()):
+    """All episodes of a split, in order: each shard read of the split, as the pipeline's read tasks do."""
+    for read in shard_reads(path, split):
+        yield from iter_shard_episodes(path, read, dataset=dataset, action_key=action_key,
+                                       state_key=state_key, image_keys=image_keys)
 
 
 @pytest.fixture(scope="module")

@@ -64,9 +64,6 @@ class ValidationContext:
             self._samples[dataset] = self.artifact.sample(dataset)
         return self._samples[dataset]
 
-    def threshold(self, validator: str, name: str, default: Any = None) -> Any:
-        return self.thresholds.get(validator, {}).get(name, default)
-
     @property
     def runner(self):
         """The ``ExpectationRunner`` over the suite (built on first use)."""

@@ -54,13 +54,6 @@ def rlds_builder(path: str):
                                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def step_keys(path: str) -> list[str]:
-    """Flattened step feature names (``action``, ``observation/state`` ...)."""
-    tfds = _tfds()
-    flat = tfds.core.utils.flatten_nest_dict(rlds_builder(str(path)).info.features.get_serialized_info())
-    return sorted(k[len("steps/"):] for k in flat if k.startswith("steps/"))
-
-
 def shard_reads(path: str, split: str) -> list[ShardRead]:
     """What a split string selects, shard by shard, in order."""
     builder = rlds_builder(str(path))
@@ -249,14 +242,6 @@ def _columns(flat: dict, keys: list[str], where: str, widths: dict[str, int]) ->
     if len(lengths) > 1:
         raise InputDataError(where, f"{_names(keys)} have different step counts ({sorted(lengths)})")
     return np.concatenate(arrays, axis=1)
-
-
-def iter_rlds_episodes(path: str, *, dataset: str, split: str, action_key: StepKeys, state_key: StepKeys | None,
-                       image_keys: Sequence[str] = ()) -> Iterator[Episode]:
-    """All episodes of a split, in order."""
-    for read in shard_reads(path, split):
-        yield from iter_shard_episodes(path, read, dataset=dataset, action_key=action_key,
-                                       state_key=state_key, image_keys=image_keys)
 
 
 def declared_widths(path: str, keys: Sequence[str]) -> list[int]:
