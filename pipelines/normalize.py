@@ -51,6 +51,7 @@ from stepnorm.compute import staleness
 from stepnorm.config import Config, DatasetConfig
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
 from stepnorm.normalize import Normalizer
+from stepnorm.paths import is_remote
 from stepnorm.pipelines.stats_beam import _progress_bar, run_beam
 from stepnorm.sources import ReadTask, read_task, read_tasks
 from stepnorm.sources.base import Episode
@@ -459,7 +460,7 @@ def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.P
     InputDataError when an episode count does not match, ConfigError for an unusable config.
     """
     t0 = time.monotonic()
-    if "://" in str(out_dir):
+    if is_remote(out_dir):
         raise ConfigError(None, f"--out {out_dir}: normalize writes to a local directory (atomic rename)")
     if "action" not in cfg.normalization:
         raise ConfigError(cfg.path, "normalize needs normalization.action (mode, mask, clip)")

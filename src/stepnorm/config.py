@@ -17,6 +17,7 @@ import yaml
 
 from stepnorm.errors import ConfigError
 from stepnorm.normalize import MODES
+from stepnorm.paths import is_remote
 from stepnorm.stats.combine import WEIGHTINGS, quantile_key
 from stepnorm.stats.sketch import DEFAULT_SKETCH_K
 
@@ -59,7 +60,8 @@ class DatasetConfig:
 
     @property
     def is_remote(self) -> bool:
-        return "://" in self.path
+        """Whether the dataset is read from a URL (``gs://...``) rather than a local directory."""
+        return is_remote(self.path)
 
 
 @dataclass
@@ -227,7 +229,7 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
         _choice(item["format"], FORMATS, where, f"{label}.format")
         _choice(item.get("domain", "real"), DOMAINS, where, f"{label}.domain")
         path = str(item["path"])
-        if "://" not in path:
+        if not is_remote(path):
             resolved = Path(path) if Path(path).is_absolute() or base_dir is None else base_dir / path
             resolved = resolved.resolve()
             if not resolved.exists():

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from stepnorm.config import Config, DatasetConfig
 from stepnorm.errors import InputDataError
+from stepnorm.paths import is_remote
 from stepnorm.sources.base import Episode
 from stepnorm.sources.transforms import apply_transforms, build_transforms, transform_identity
 
@@ -143,7 +144,7 @@ def _first_file(ds: DatasetConfig) -> str:
 
 def _file_identity(path: str) -> dict:
     """Name, size and modification time: changes whenever a file is rewritten, without reading it."""
-    if "://" in path:
+    if is_remote(path):
         import tensorflow as tf
 
         stat = tf.io.gfile.stat(path)
@@ -160,7 +161,7 @@ def _metadata_hash(ds: DatasetConfig) -> str:
     digest = hashlib.sha256()
     for name in names:
         path = os.path.join(ds.path, name)
-        if "://" in path:
+        if is_remote(path):
             import tensorflow as tf
 
             data = tf.io.gfile.GFile(path, "rb").read() if tf.io.gfile.exists(path) else b""

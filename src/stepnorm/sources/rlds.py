@@ -19,6 +19,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 from stepnorm.errors import ConfigError, InputDataError
+from stepnorm.paths import is_remote
 from stepnorm.sources.base import Episode
 
 
@@ -144,7 +145,7 @@ def _check_shard_end(handle, read: ShardRead) -> None:
 
 
 def _open_binary(path: str):
-    if "://" in path:
+    if is_remote(path):
         import tensorflow as tf
 
         return tf.io.gfile.GFile(path, "rb")
