@@ -50,3 +50,16 @@ def test_normalize_refuses_a_remote_output(out):
     cfg = load_config(REPO / "configs" / "oxe_magic_soup.yaml")  # remote datasets, validates offline
     with pytest.raises(ConfigError, match="normalize writes to a local directory"):
         run_normalize(cfg, "unused", out)
+
+
+def test_output_checks_guard_local_inputs_whatever_their_name(tmp_path, monkeypatch):
+    from stepnorm.errors import OutputError
+    from stepnorm.outputs import check_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "odd:" / "name").mkdir(parents=True)
+    # a local input named with "://" further in is still an input: no output inside it
+    with pytest.raises(OutputError, match="inside the input"):
+        check_output("odd:/name/out", "stats", inputs=["./odd://name"])
+    # a URL input is not on this disk: nothing to guard
+    assert check_output(tmp_path / "out", "stats", inputs=["gs://bucket/data"]) == (tmp_path / "out").resolve()

@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 
 from stepnorm import __version__
 from stepnorm.errors import OutputError
+from stepnorm.paths import is_remote
 
 MARKER = ".stepnorm-output.json"
 KINDS = ("stats", "normalized", "run", "report", "sample")
@@ -108,7 +109,7 @@ def check_output(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.Pa
     except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
         raise OutputError(str(path), f"cannot resolve the output path ({exc})") from None
     for item in inputs:
-        if item is None or "://" in str(item):
+        if item is None or is_remote(item):
             continue
         source = Path(item).resolve()
         if resolved == source or source in resolved.parents:
