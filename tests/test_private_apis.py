@@ -4,7 +4,7 @@ Each test calls the private API exactly as stepnorm does (the call site is named
 a message naming the call when its behaviour changes, so an upgrade of Beam, TFDS or Python that
 breaks one shows up here, not as wrong statistics or a corrupt shard:
 
-- ``apache_beam.io.tfrecordio._TFRecordUtil.read_record`` (sources/rlds.iter_shard_records) and
+- ``apache_beam.io.tfrecordio._TFRecordUtil.read_record`` (sources/rlds.iter_shard_records, _check_shard_end) and
   ``.write_record`` (pipelines/normalize, the shard writer; bench/bench_normalize);
 - ``tensorflow_datasets.core.example_parser._features_to_numpy`` (sources/rlds.iter_shard_episodes);
 - ``atexit._run_exitfuncs`` (cli.entry).
@@ -77,7 +77,7 @@ def test_tfrecordutil_read_record(tmp_path):
             writer.write(record)
     good = open(path, "rb").read()
     call = "apache_beam.io.tfrecordio._TFRecordUtil.read_record(handle)"
-    with pinned(call, "sources/rlds.py iter_shard_records"):
+    with pinned(call, "sources/rlds.py iter_shard_records and _check_shard_end"):
         from apache_beam.io.tfrecordio import _TFRecordUtil
 
         with open(path, "rb") as handle:  # as the reader opens local shards
