@@ -128,6 +128,10 @@ def test_earlier_outputs_and_empty_directories_are_accepted(trust_root, tmp_path
     shutil.copytree(tmp_path / "empty", legacy)
     (legacy / ".stepnorm-output.json").unlink()
     assert main(["stats", cfg, "--out", str(legacy)]) == 0
+    old_sample = tmp_path / "old_sample"  # e.g. a demo_out/sample from before markers
+    shutil.copytree(trust_root / "sample", old_sample)
+    (old_sample / ".stepnorm-output.json").unlink()
+    assert main(["sample", str(old_sample)]) == 0
 
 
 # -- the swap never passes through a moment without a complete artifact -------------------------

@@ -44,6 +44,7 @@ _LEGACY = {
     "normalized": ("MANIFEST.json", None, None),
     "run": (None, None, {"stats", "report", "normalized"}),
     "report": ("report.json", None, {"report.json", "report.html", "stats"}),
+    "sample": ("config.yaml", None, {"config.yaml", "sim_pick", "real_pick", "downloads"}),
 }
 
 
@@ -255,6 +256,7 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a published file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
@@ -262,6 +264,12 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
