@@ -18,5 +18,5 @@ def test_wheel_holds_only_the_stepnorm_namespace(tmp_path):
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "stepnorm = stepnorm.cli:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
     for module in ("stepnorm/pipelines/stats.py", "stepnorm/pipelines/stats_beam.py", "stepnorm/validators/base.py", "stepnorm/stats/accumulator.py",
-                   "stepnorm/sources/rlds.py", "stepnorm/exporters/openpi.py"):
+                   "stepnorm/sources/rlds.py", "stepnorm/exporters/openpi.py", "stepnorm/integrations/lerobot.py"):
         assert module in names
