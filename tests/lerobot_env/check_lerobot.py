@@ -8,7 +8,8 @@ ACT here has no image features, so no torchvision op ever runs.
 
 Checked with LeRobot's own classes: ``make_act_pre_post_processors`` (``NormalizerProcessorStep``,
 ``UnnormalizerProcessorStep``, ``PolicyProcessorPipeline``), ``ProcessorStepRegistry``,
-``save_pretrained`` / ``from_pretrained``, and ``ACTPolicy`` (a tiny random-weight config on the CPU):
+``save_pretrained`` / ``from_pretrained`` (with and without overrides) and the factory's
+``make_pre_post_processors(pretrained_path=...)``, and ``ACTPolicy`` (a tiny random-weight config on the CPU):
 ``forward`` on the normalized training batch, and ``select_action`` with ``n_action_steps < H`` for
 batch sizes 1, 3 and H. Every value is compared with the float64 reference of plain_reference.py.
 
@@ -47,8 +48,8 @@ from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature 
 from lerobot.policies.act.configuration_act import ACTConfig  # noqa: E402
 from lerobot.policies.act.modeling_act import ACTPolicy  # noqa: E402
 from lerobot.policies.act.processor_act import make_act_pre_post_processors  # noqa: E402
+from lerobot.policies.factory import make_pre_post_processors  # noqa: E402
 from lerobot.processor import PolicyProcessorPipeline  # noqa: E402
-from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action  # noqa: E402
 from lerobot.processor.pipeline import ProcessorStepRegistry  # noqa: E402
 
 from stepnorm.integrations import lerobot as sn  # noqa: E402  (registers: LeRobot is imported)
@@ -131,11 +132,18 @@ def main(artifact: Path, data: Path, mode: str, n_action_steps: int) -> dict:
         assert sn.NORMALIZER_NAME in names, names
         entry = saved["steps"][names.index(sn.NORMALIZER_NAME)]
         assert "state_file" in entry and "artifact" not in entry["config"], entry
-        pre2 = PolicyProcessorPipeline.from_pretrained(tmp, config_filename="policy_preprocessor.json")
-        post2 = PolicyProcessorPipeline.from_pretrained(tmp, config_filename="policy_postprocessor.json",
-                                                        to_transition=policy_action_to_transition,
-                                                        to_output=transition_to_policy_action)
-    assert torch.equal(pre2(dict(batch))["action"], out["action"]), "reloaded preprocessor differs"
+        # what lerobot_record.py / lerobot_eval.py call for a trained policy
+        pre2, post2 = make_pre_post_processors(config, pretrained_path=tmp)
+        assert torch.equal(pre2(dict(batch))["action"], out["action"]), "reloaded preprocessor differs"
+        # statistics swapped at load time (LeRobot's overrides): the given artifact (here with another
+        # mode) wins over the saved state
+        other = "mean_std" if mode != "mean_std" else "min_max"
+        pre3 = PolicyProcessorPipeline.from_pretrained(
+            tmp, config_filename="policy_preprocessor.json",
+            overrides={sn.NORMALIZER_NAME: {"artifact": str(artifact), "mode": other}})
+        ref3 = Reference(artifact, other)
+        want3 = np.stack([ref3.normalize(c, episodes[e][1][t]) for (c, _), (e, t) in zip(chunk_list, picks)])
+        close(pre3(dict(batch))["action"], want3, "preprocessor with an artifact override")
 
     # Inference: select_action with n_action_steps < H; every executed action against the reference.
     policy.eval()
