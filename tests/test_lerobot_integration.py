@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,8 @@ def test_refusals(artifacts):
         pre({"action": torch.zeros(3, 6), "observation": {"observation.state": torch.zeros(3, 6)}})
     with pytest.raises(ValueError, match="observation.state"):
         pre({"action": torch.zeros(3, 16, 6), "observation": {}})
+    with pytest.raises(ValueError, match="one state of at least 5 dims per chunk, batch shape \\[3\\]"):
+        pre({"action": torch.zeros(3, 16, 6), "observation": {"observation.state": torch.zeros(3, 2, 6)}})
     with pytest.raises(ValueError, match="longer than"):
         pre({"action": torch.zeros(1, 17, 6), "observation": {"observation.state": torch.zeros(1, 6)}})
     with pytest.raises(RuntimeError, match="attach"):
@@ -213,4 +217,83 @@ def test_real_lerobot(case, artifacts):
     assert summary["horizon"] == CASES[case][1] and summary["n_action_steps"] == CASES[case][4]
     assert summary["delta_mask"] == (case == "so101")
     assert sorted(summary["select_action"], key=int) == ["1", "3", str(CASES[case][1])]
+    assert "temporal_ensembling_max_rel_err" in summary
     print(case, json.dumps(summary), file=sys.stderr)
+
+
+# -- processors() on duck-typed LeRobot pipelines (LeRobot's dataclass fields and registry names) ------
+class FeatureType(Enum):
+    STATE = "STATE"
+    ACTION = "ACTION"
+
+
+class Mode(Enum):
+    MEAN_STD = "MEAN_STD"
+    QUANTILES = "QUANTILES"
+    QUANTILE10 = "QUANTILE10"
+
+
+@dataclass
+class FakeLeRobotNormalizer:
+    features: dict
+    norm_map: dict
+    stats: dict | None = None
+    _registry_name = "normalizer_processor"
+
+
+@dataclass
+class FakeLeRobotUnnormalizer(FakeLeRobotNormalizer):
+    _registry_name = "unnormalizer_processor"
+
+
+@dataclass
+class FakeDevice:
+    device: str = "cpu"
+
+
+@dataclass
+class FakePipeline:
+    steps: list = field(default_factory=list)
+    name: str = "policy_preprocessor"
+
+
+def fake_pipelines(action_mode=Mode.QUANTILES):
+    features = {"observation.state": ("STATE", (6,)), "action": ("ACTION", (6,))}
+    norm_map = {FeatureType.STATE: Mode.MEAN_STD, FeatureType.ACTION: action_mode}
+    stats = {"observation.state": {"mean": [0.0] * 6}, "action": {"mean": [0.0] * 6}}
+    pre = FakePipeline([FakeDevice(), FakeLeRobotNormalizer(dict(features), norm_map, dict(stats))])
+    post = FakePipeline([FakeLeRobotUnnormalizer({"action": features["action"]}, norm_map, dict(stats)), FakeDevice()],
+                        "policy_postprocessor")
+    return pre, post
+
+
+def test_processors_rewrite_lerobot_pipelines(artifacts):
+    art, _ = artifacts["so101"]
+    pre, post = fake_pipelines()
+    new_pre, new_post = sn.processors(pre, post, art)
+    assert [type(s) for s in new_pre.steps] == [FakeDevice, sn.StepnormActionNormalizerStep, FakeLeRobotNormalizer]
+    kept = new_pre.steps[2]
+    assert list(kept.features) == ["observation.state"] and list(kept.stats) == ["observation.state"]
+    assert "action" in pre.steps[1].stats  # the input pipelines are left as they were
+    # the unnormalizer had only the action: it is replaced, not kept
+    assert [type(s) for s in new_post.steps] == [sn.StepnormActionUnnormalizerStep, FakeDevice]
+    assert new_pre.name == pre.name and new_post.name == "policy_postprocessor"
+    # QUANTILES -> q01_q99, with the artifact config's mask
+    assert new_pre.steps[1].get_config()["mode"] == "q01_q99" and new_pre.steps[1].mask == ARM
+    assert sn.processors(pre, post, art, mode="mean_std")[0].steps[1].mode == "mean_std"
+    # an unnormalizer that also does something else stays, without the action, before stepnorm's
+    post.steps[0].features["observation.state"] = ("STATE", (6,))
+    steps = sn.processors(pre, post, art)[1].steps
+    assert [type(s) for s in steps] == [FakeLeRobotUnnormalizer, sn.StepnormActionUnnormalizerStep, FakeDevice]
+    assert list(steps[0].features) == ["observation.state"] and "action" not in steps[0].stats
+
+
+def test_processors_refusals(artifacts):
+    art, _ = artifacts["so101"]
+    with pytest.raises(ValueError, match="QUANTILE10 for actions has no stepnorm equivalent"):
+        sn.processors(*fake_pipelines(Mode.QUANTILE10), art)
+    pre, post = fake_pipelines()
+    with pytest.raises(ValueError, match="one LeRobot normalizer_processor step in the preprocessor, found 0"):
+        sn.processors(FakePipeline([FakeDevice()]), post, art)
+    with pytest.raises(ValueError, match="one LeRobot unnormalizer_processor step in the postprocessor, found 0"):
+        sn.processors(pre, FakePipeline([FakeDevice()]), art)

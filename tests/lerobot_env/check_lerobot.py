@@ -11,7 +11,7 @@ Checked with LeRobot's own classes: ``make_act_pre_post_processors`` (``Normaliz
 ``save_pretrained`` / ``from_pretrained`` (with and without overrides) and the factory's
 ``make_pre_post_processors(pretrained_path=...)``, and ``ACTPolicy`` (a tiny random-weight config on the CPU):
 ``forward`` on the normalized training batch, and ``select_action`` with ``n_action_steps < H`` for
-batch sizes 1, 3 and H. Every value is compared with the float64 reference of plain_reference.py.
+batch sizes 1, 3 and H, and with ACT's temporal ensembling. Every value is compared with the float64 reference of plain_reference.py.
 
 Usage: ``check_lerobot.py --imports-only`` or ``check_lerobot.py ARTIFACT_DIR DATASET_DIR MODE N_ACTION_STEPS``.
 Prints one JSON summary line; any mismatch raises (non-zero exit).
@@ -19,6 +19,7 @@ Prints one JSON summary line; any mismatch raises (non-zero exit).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -46,7 +47,7 @@ _LIB = _torchvision_schemas()
 import lerobot  # noqa: E402
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature  # noqa: E402
 from lerobot.policies.act.configuration_act import ACTConfig  # noqa: E402
-from lerobot.policies.act.modeling_act import ACTPolicy  # noqa: E402
+from lerobot.policies.act.modeling_act import ACTPolicy, ACTTemporalEnsembler  # noqa: E402
 from lerobot.policies.act.processor_act import make_act_pre_post_processors  # noqa: E402
 from lerobot.policies.factory import make_pre_post_processors  # noqa: E402
 from lerobot.processor import PolicyProcessorPipeline  # noqa: E402
@@ -183,7 +184,27 @@ def main(artifact: Path, data: Path, mode: str, n_action_steps: int) -> dict:
         # The check can tell positions apart: position 0's statistics miss by 20x the tolerance.
         assert spread_between_positions > 20 * 1e-5, spread_between_positions
         results[batch_size] = {"max_rel_err": worst, "pos0_stats_max_rel_err": spread_between_positions}
-    return {"lerobot": lerobot.__version__, "torch": torch.__version__, "horizon": int(horizon), "dims": int(dims),
+    # ACT's temporal ensembling (n_action_steps 1) averages the unnormalized chunks: LeRobot's own
+    # ACTTemporalEnsembler fed the float64 reference chunks gives the same actions.
+    te_config = dataclasses.replace(config, temporal_ensemble_coeff=0.01, n_action_steps=1)
+    te_policy = ACTPolicy(te_config)
+    te_policy.load_state_dict(policy.state_dict())
+    te_policy.eval()
+    _, te_post = sn.processors(*make_act_pre_post_processors(te_config, dataset_stats=lr_stats), artifact)
+    sn.attach(te_policy, te_post)
+    ensembler = ACTTemporalEnsembler(0.01, horizon)
+    frames = pick_frames(episodes, 3 * 6, horizon, seed=7)
+    te_worst = 0.0
+    for step in range(6):
+        rows = frames[step * 3:(step + 1) * 3]
+        raw_state = np.stack([episodes[e][1][t] for e, t in rows])
+        model_in = pre2({STATE: torch.tensor(raw_state, dtype=torch.float32), ENV: torch.tensor(raw_state, dtype=torch.float32)})
+        chunk = unwrapped(te_policy, model_in).numpy()
+        state32 = raw_state.astype(np.float32).astype(np.float64)
+        ref_chunk = np.stack([[ref.unnormalize_action(chunk[b, k], k, state32[b]) for k in range(horizon)] for b in range(3)])
+        want = ensembler.update(torch.tensor(ref_chunk)).numpy()
+        te_worst = max(te_worst, close(te_post(te_policy.select_action(model_in)).numpy(), want, f"temporal ensembling step {step}"))
+    return {"temporal_ensembling_max_rel_err": te_worst, "lerobot": lerobot.__version__, "torch": torch.__version__, "horizon": int(horizon), "dims": int(dims),
             "mode": mode, "delta_mask": ref.delta_mask is not None, "n_action_steps": n_action_steps,
             "train_max_rel_err": err_train, "select_action": results}
 

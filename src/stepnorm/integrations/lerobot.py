@@ -35,6 +35,7 @@ starts at the current frame (``action_delta_indices`` from 0: ACT, pi0, SmolVLA,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -132,8 +133,8 @@ class _ActionChunkStats:
         mask = self.delta_mask.to(state.device)
         on = torch.nonzero(mask).flatten()
         if tuple(state.shape[:-1]) != batch_shape or state.shape[-1] <= int(on.max()):
-            raise ValueError(f"{self.state_key} has shape {list(state.shape)}; the delta_mask needs one state "
-                             f"[{', '.join(map(str, batch_shape))}, >{int(on.max())}] per chunk")
+            raise ValueError(f"{self.state_key} has shape {list(state.shape)}; the delta_mask needs one state of "
+                             f"at least {int(on.max()) + 1} dims per chunk, batch shape {list(batch_shape)}")
         ref = torch.zeros(*batch_shape, mask.shape[0], dtype=torch.float64, device=state.device)
         ref[..., on] = state[..., on].to(torch.float64)
         return ref
@@ -293,7 +294,8 @@ def processors(preprocessor, postprocessor, artifact: str | os.PathLike | Artifa
     uses for actions (the policy config's ``normalization_mapping``). Returns new pipelines; at
     inference also call ``attach(policy, postprocessor)``.
     """
-    register()
+    if importlib.util.find_spec("lerobot") is not None:  # pipelines of LeRobot's own classes
+        register()
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact)
     pre_steps = list(preprocessor.steps)
     at = [i for i, s in enumerate(pre_steps) if _registry_name(s) == _LEROBOT_NORMALIZER]
