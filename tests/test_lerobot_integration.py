@@ -122,6 +122,13 @@ def test_training_chunks_normalized_per_position(case, artifacts):
         short = pre({**transition, "action": transition["action"][:, :4]})["action"]
         assert torch.equal(short, out["action"][:, :4])
     assert (sn.REFERENCE_KEY in out["observation"]) == (ref.delta_mask is not None)
+    # float32 statistics (devices without float64) stay within float32 precision
+    art, _ = artifacts[case]
+    pre32 = sn.StepnormActionNormalizerStep(art, mode=CASES[case][3], dtype="float32")
+    out32 = pre32({"observation": {"observation.state": torch.tensor(states)}, "action": torch.tensor(chunks)})
+    assert pre32.module.global_center.dtype == torch.float32 and out32["action"].dtype == torch.float64
+    want = np.stack([ref.normalize(c, s) for c, s in zip(chunks, states)])
+    assert close(out32["action"], want, 1e-4) and not close(out32["action"], want, 1e-12)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -106,16 +106,16 @@ class _ActionChunkStats:
                                               mask=self.mask, clip=self.clip)
         self.module = self._module_class.from_normalizer(normalizer, dtype=_DTYPES[self.dtype])
         delta = art.doc.get("config", {}).get("delta_mask")
-        self.delta_mask = None if delta is None else torch.tensor([bool(d) for d in delta])
+        self.delta_mask = torch.tensor([bool(d) for d in delta]) if delta and any(delta) else None
         if self.delta_mask is not None and self.delta_mask.shape[0] != self.module.dim:
             raise ValueError(f"the artifact's delta_mask has {self.delta_mask.shape[0]} entries for "
                              f"{self.module.dim} action dims")
         self.fingerprint = art.fingerprint
 
     @property
-    def horizon(self) -> int:
-        """``H`` of the statistics."""
-        return self._ready().horizon
+    def _work_dtype(self) -> torch.dtype:
+        """What the delta and the affine map compute in (the statistics' dtype)."""
+        return self._ready().global_center.dtype
 
     def _ready(self) -> Normalize | Unnormalize:
         if self.module is None:
@@ -129,14 +129,14 @@ class _ActionChunkStats:
         return module
 
     def _reference(self, state: torch.Tensor, batch_shape: tuple[int, ...]) -> torch.Tensor:
-        """``[*batch, D]`` float64: the state on the ``delta_mask`` dims, 0 elsewhere."""
+        """``[*batch, D]`` in the working dtype: the state on the ``delta_mask`` dims, 0 elsewhere."""
         mask = self.delta_mask.to(state.device)
         on = torch.nonzero(mask).flatten()
         if tuple(state.shape[:-1]) != batch_shape or state.shape[-1] <= int(on.max()):
             raise ValueError(f"{self.state_key} has shape {list(state.shape)}; the delta_mask needs one state of "
                              f"at least {int(on.max()) + 1} dims per chunk, batch shape {list(batch_shape)}")
-        ref = torch.zeros(*batch_shape, mask.shape[0], dtype=torch.float64, device=state.device)
-        ref[..., on] = state[..., on].to(torch.float64)
+        ref = torch.zeros(*batch_shape, mask.shape[0], dtype=self._work_dtype, device=state.device)
+        ref[..., on] = state[..., on].to(self._work_dtype)
         return ref
 
     def get_config(self) -> dict[str, Any]:
@@ -198,7 +198,7 @@ class StepnormActionNormalizerStep(_ActionChunkStats):
         if self.delta_mask is not None:
             if reference is None:
                 raise ValueError(f"the artifact has a delta_mask: the transition needs {self.state_key!r}")
-            x = action.to(torch.float64) - reference[:, None, :]
+            x = action.to(self._work_dtype) - reference[:, None, :]
         else:
             x = action
         new[ACTION] = self._on(action.device)(x, chunked=True).to(action.dtype)
@@ -226,12 +226,12 @@ class StepnormActionUnnormalizerStep(_ActionChunkStats):
         """
         if chunk.dim() != 3:
             raise ValueError(f"expected a predicted chunk [B, h, D], got shape {list(chunk.shape)}")
-        x = self._on(chunk.device)(chunk.to(torch.float64), chunked=True)
+        x = self._on(chunk.device)(chunk.to(self._work_dtype), chunked=True)
         if self.delta_mask is not None:
             if reference is None:
                 raise ValueError(f"the artifact has a delta_mask, but the batch has no {REFERENCE_KEY!r}: "
                                  f"the preprocessor needs {NORMALIZER_NAME} (stepnorm.integrations.lerobot.processors)")
-            x = x + reference.to(device=x.device, dtype=torch.float64)[:, None, :]
+            x = x + reference.to(device=x.device, dtype=x.dtype)[:, None, :]
         return x.to(chunk.dtype)
 
     def __call__(self, transition: dict) -> dict:
