@@ -25,7 +25,7 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# LeRobot's real processor pipeline and ACT policy for tests/test_lerobot_real.py, in a venv of their own:
+# LeRobot's real processor pipeline and ACT policy for tests/test_lerobot_integration.py, in a venv of their own:
 # lerobot 0.4.4 (the newest for Python 3.11) pins torch<2.11, and the only CPU torch wheel here is 2.13.0,
 # so lerobot goes in with --no-deps beside the pinned set of what its processor and policy code imports
 # (tests/lerobot_env/requirements.txt). pip's wheel cache makes a rebuild quick; each install is bounded
