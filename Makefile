@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow setup clean browser
+.PHONY: demo test test-slow setup clean browser lerobot-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,28 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# LeRobot's real processor pipeline and ACT policy for tests/test_lerobot_integration.py, in a venv of their own:
+# lerobot 0.4.4 (the newest for Python 3.11) pins torch<2.11, and the only CPU torch wheel here is 2.13.0,
+# so lerobot goes in with --no-deps beside the pinned set of what its processor and policy code imports
+# (tests/lerobot_env/requirements.txt). pip's wheel cache makes a rebuild quick; each install is bounded
+# in time and any failure stops `make test` (the stamp is written only after an import check).
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
+$(LEROBOT_STAMP): tests/lerobot_env/requirements.txt
+	rm -rf $(LEROBOT_VENV)
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	timeout 1200 $(LEROBOT_VENV)/bin/pip install --quiet -r tests/lerobot_env/requirements.txt
+	timeout 300 $(LEROBOT_VENV)/bin/pip install --quiet --no-deps lerobot==0.4.4
+	PYTHONPATH=src $(LEROBOT_VENV)/bin/python tests/lerobot_env/check_lerobot.py --imports-only
+	touch $(LEROBOT_STAMP)
+
+lerobot-env: $(LEROBOT_STAMP)
+
+test: $(STAMP) browser $(LEROBOT_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(LEROBOT_VENV) demo_out .pytest_cache

@@ -19,5 +19,6 @@ def test_wheel_holds_only_the_stepnorm_namespace(tmp_path):
     assert "stepnorm = stepnorm.cli:entry" in zipfile.ZipFile(wheel).read(entry_points).decode()
     for module in ("stepnorm/pipelines/stats.py", "stepnorm/pipelines/stats_beam.py", "stepnorm/validators/base.py", "stepnorm/stats/accumulator.py",
                    "stepnorm/sources/rlds.py", "stepnorm/exporters/openpi.py", "stepnorm/demo_data.py",
-                   "stepnorm/validators/validators.yaml", "stepnorm/validators/templates/report.html.j2"):
+                   "stepnorm/validators/validators.yaml", "stepnorm/validators/templates/report.html.j2",
+                   "stepnorm/integrations/lerobot.py"):
         assert module in names

@@ -1,0 +1,1 @@
+"""Integrations with training and inference stacks; each module imports its consumer lazily."""
