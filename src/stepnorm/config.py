@@ -19,7 +19,7 @@ from stepnorm.errors import ConfigError
 from stepnorm.normalize import MODES
 from stepnorm.paths import is_remote
 from stepnorm.stats.combine import WEIGHTINGS, quantile_key
-from stepnorm.stats.sketch import DEFAULT_SKETCH_K
+from stepnorm.stats.exact import DEFAULT_SAMPLE_K as DEFAULT_SKETCH_K
 
 IMAGE_INPUTS = ("uint8", "float01", "float_minus1_1", "float_minus05_05", "imagenet")
 FORMATS = ("rlds", "lerobot")

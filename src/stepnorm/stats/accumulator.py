@@ -8,8 +8,8 @@ chunk position ``k`` over one episode are exactly the suffix ``a[k:]``. So posit
 over all episodes is ``tail ∪ head[k] ∪ head[k+1] ∪ ... ∪ head[H-2]``, where ``head[j]`` holds
 each episode's action at exact index ``j`` (``j < H-1``) and ``tail`` holds every action at index
 ``>= H-1``. Each action is added once (``T*D`` values per episode, not ``T*H*D``), and the
-per-timestep statistics are assembled at the end by suffix merges, exactly (moments) or within
-the sketch bound (quantiles). Delta dims (``A_t[k][d] = a_{t+k}[d] - s_t[d]``) depend on both
+per-timestep statistics are assembled at the end by suffix merges: moments exactly, and each output
+cell's exact quantiles from the member cells it is the union of (see stepnorm.stats.exact). Delta dims (``A_t[k][d] = a_{t+k}[d] - s_t[d]``) depend on both
 ``t`` and ``k`` and are accumulated per chunk position from a sliding window.
 
 Batches are buffered and reduced together, so the per-episode cost is a few numpy calls and the
@@ -26,19 +26,19 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from stepnorm.errors import InputDataError, NonFiniteError
 from stepnorm.stats.moments import Moments
-from stepnorm.stats.sketch import DEFAULT_SKETCH_K, SketchGrid
+from stepnorm.stats.exact import DEFAULT_SAMPLE_K, SampleGrid
 
 FLUSH_VALUES = 1 << 20
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CellGroup:
-    """Moments and quantile sketches for an array of cells, fed with buffered batches."""
+    """Moments and bracketing samples for an array of cells, fed with buffered batches."""
 
-    def __init__(self, shape: tuple[int, ...], k: int, moments: Moments | None = None, sketches: SketchGrid | None = None):
+    def __init__(self, shape: tuple[int, ...], k: int, moments: Moments | None = None, samples: SampleGrid | None = None):
         self.shape = tuple(shape)
         self.moments = moments if moments is not None else Moments.empty(self.shape)
-        self.sketches = sketches if sketches is not None else SketchGrid(self.shape, k)
+        self.samples = samples if samples is not None else SampleGrid(self.shape, k)
         self._pending: list[np.ndarray] = []
         self._pending_values = 0
 
@@ -57,13 +57,13 @@ class CellGroup:
         batch = np.concatenate(self._pending, axis=0)
         self._pending, self._pending_values = [], 0
         self.moments.add_batch(batch)
-        self.sketches.update(batch)
+        self.samples.update(batch)
 
     def merge(self, other: "CellGroup") -> None:
         self.flush()
         other.flush()
         self.moments.merge(other.moments)
-        self.sketches.merge(other.sketches)
+        self.samples.merge(other.samples)
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,14 @@ class AccumulatorSpec:
     Attributes:
         horizon: chunk length ``H``.
         delta_mask: per action dim, True where the chunk holds ``a_{t+k} - s_t`` (or None).
-        sketch_k: KLL size parameter.
+        sketch_k: size ``k`` of each cell's bracketing sample (distinct values; see
+            stepnorm.stats.exact). Quantiles are exact for every ``k``; a larger ``k`` means fewer
+            entries collected per quantile in the last pass, at ``16 k`` bytes per cell.
     """
 
     horizon: int
     delta_mask: tuple[bool, ...] | None = None
-    sketch_k: int = DEFAULT_SKETCH_K
+    sketch_k: int = DEFAULT_SAMPLE_K
 
     def __post_init__(self):
         if self.horizon < 1:
@@ -161,8 +163,20 @@ class ChunkStatsAccumulator:
             )
         self.num_episodes += 1
         self.num_steps += t_len
+        for key, batch in self.group_batches(action, state).items():
+            self.groups[key].add(batch)
+
+    def group_batches(self, action: np.ndarray, state: np.ndarray | None) -> dict[str, np.ndarray]:
+        """One episode's entries per cell group (NaN = no entry), as ``add_episode`` adds them.
+
+        The exact-quantile passes read the data again through this, so they see exactly the
+        entries the moments saw. ``action``/``state`` must match the accumulator's dims.
+        """
+        action = np.asarray(action, np.float64).reshape(len(action), -1)
+        t_len = action.shape[0]
+        out = {}
         if t_len == 0:
-            return
+            return out
         h = self.spec.horizon
         plain, delta = self.plain_dims, self.delta_dims
         if len(plain):
@@ -170,14 +184,16 @@ class ChunkStatsAccumulator:
             head = np.full((1, h - 1, len(plain)), np.nan)
             n_head = min(t_len, h - 1)
             head[0, :n_head] = a[:n_head]
-            self.groups["head"].add(head)
-            self.groups["tail"].add(a[h - 1 :])
+            out["head"] = head
+            out["tail"] = a[h - 1 :]
         if len(delta):
+            state = np.asarray(state, np.float64).reshape(t_len, -1)
             padded = np.concatenate([action[:, delta], np.full((h - 1, len(delta)), np.nan)], axis=0)
             window = sliding_window_view(padded, h, axis=0)  # [T, Dd, H]: window[t, d, k] = a_{t+k}
-            self.groups["delta"].add(window.transpose(0, 2, 1) - state[:, None, delta])
-        if state is not None:
-            self.groups["state"].add(state)
+            out["delta"] = window.transpose(0, 2, 1) - state[:, None, delta]
+        if state is not None and self.state_dim is not None:
+            out["state"] = np.asarray(state, np.float64).reshape(t_len, -1)
+        return out
 
     def merge(self, other: "ChunkStatsAccumulator") -> "ChunkStatsAccumulator":
         """Merge ``other`` into self (associative, commutative); returns self."""
@@ -223,13 +239,13 @@ class ChunkStatsAccumulator:
         for key, group in self.groups.items():
             for field, value in group.moments.to_arrays().items():
                 arrays[f"{key}.{field}"] = value
-            arrays[f"{key}.sketches"] = np.frombuffer(group.sketches.to_bytes(), np.uint8)
+            arrays.update(group.samples.to_arrays(key))
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
 
     def __reduce__(self):
-        # Beam pickles accumulators between stages; the sketches are C++ objects, so go through bytes.
+        # One compact, versioned form for pickling (Beam) and for files.
         return (ChunkStatsAccumulator.from_bytes, (self.to_bytes(),))
 
     @classmethod
@@ -247,21 +263,26 @@ class ChunkStatsAccumulator:
                 keys = ["head", "tail", "delta"] + (["state"] if state_dim >= 0 else [])
                 for key in keys:
                     moments = Moments.from_arrays({f: z[f"{key}.{f}"] for f in ("n", "mean", "m2", "min", "max")})
-                    sketches = SketchGrid.from_bytes(z[f"{key}.sketches"].tobytes())
-                    acc.groups[key] = CellGroup(moments.shape, spec.sketch_k, moments, sketches)
+                    samples = SampleGrid.from_arrays(moments.shape, spec.sketch_k, z, key)
+                    acc.groups[key] = CellGroup(moments.shape, spec.sketch_k, moments, samples)
         return acc
 
     # -- results ------------------------------------------------------------------------------
-    def finalize(self):
-        """The statistics as a ``FinalStats`` (see stepnorm.stats.combine)."""
+    def finalize(self, data=None):
+        """The statistics as a ``FinalStats`` (see stepnorm.stats.combine).
+
+        ``data`` gives the episodes again (a sequence of ``(action, state)`` or Episodes, or a
+        callable returning an iterable of them) for the exact-quantile passes; it is needed only
+        when a cell holds more than ``spec.sketch_k`` distinct values.
+        """
         from stepnorm.stats.combine import FinalStats
 
-        return FinalStats.from_accumulator(self)
+        return FinalStats.from_accumulator(self, data)
 
 
 def _copy_group(group: CellGroup) -> CellGroup:
     group.flush()
-    return CellGroup(group.shape, group.sketches.k, group.moments.copy(), SketchGrid.from_bytes(group.sketches.to_bytes()))
+    return CellGroup(group.shape, group.samples.k, group.moments.copy(), group.samples.copy())
 
 
 def _as_2d(x: np.ndarray, where: str, key: str) -> np.ndarray:

@@ -1,14 +1,15 @@
 """Final statistics of one dataset, and the mixture combine across datasets.
 
 ``FinalStats`` holds, for the action (``per_timestep [H, D]``, ``global [D]``, ``pooled [D]``) and
-the state (``global [Ds]``), exact moments and one KLL sketch per cell. ``combine`` builds the
-mixture statistics from several datasets' ``FinalStats``:
+the state (``global [Ds]``), exact moments and, per cell, which accumulator cells it is the union
+of; its quantiles are exact order statistics (numpy's ``inverted_cdf``, see stepnorm.stats.exact),
+selected when first asked for. ``combine`` builds the mixture statistics of several datasets:
 
-- ``samples``: every step of every dataset has equal weight: moments by Chan's merge, sketches by
-  KLL merge (exact moments, quantiles within the sketch bound).
+- ``samples``: every step of every dataset has equal weight: moments by Chan's merge (datasets in
+  the order given), quantiles the exact order statistics of the union.
 - ``mixture``: dataset ``i``'s distribution has probability ``w_i / sum(w)`` (per cell, over the
-  datasets with data in that cell): moments of the mixture in closed form, quantiles by inverting
-  the weighted mixture of the sketches' CDFs.
+  datasets with data in that cell): moments of the mixture in closed form, quantiles by the exact
+  weighted ``inverted_cdf`` rule.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stepnorm.stats.exact import DataRef, Source, Target, resolve
 from stepnorm.stats.moments import Moments, mixture_moments
-from stepnorm.stats.sketch import copy_sketch, merged, mixture_quantiles, sketch_quantiles
 
 WEIGHTINGS = ("samples", "mixture")
 
@@ -36,23 +37,32 @@ def quantile_key(q: float) -> str:
 
 @dataclass
 class CellStats:
-    """Exact moments and a sketch per cell of an array of statistics.
+    """Exact moments and, per cell, the quantile target (member cells) of an array of statistics.
 
-    ``sketches`` is a flat list in C order over ``moments.shape``.
+    ``targets`` is a flat list in C order over ``moments.shape``; ``refs`` maps each member's
+    ``ref`` to its dataset's ``DataRef``.
     """
 
     moments: Moments
-    sketches: list = field(repr=False)
-    k: int = 2000
+    targets: list[Target] = field(repr=False)
+    refs: dict[int, DataRef] = field(repr=False)
     # Set by the mixture combine: its moments are not a plain Chan merge of samples.
     mixture_mean: np.ndarray | None = None
     mixture_var: np.ndarray | None = None
-    mixture_parts: list | None = field(default=None, repr=False)
+    _resolved: tuple | None = field(default=None, repr=False)
 
     def row(self, index: int) -> "CellStats":
         """Cells ``[index]`` along the first axis (e.g. one chunk position)."""
         width = int(np.prod(self.moments.shape[1:], dtype=np.int64))
-        return CellStats(self.moments.take(index), self.sketches[index * width : (index + 1) * width], self.k)
+        targets = [Target(t.members, t.weights) for t in self.targets[index * width : (index + 1) * width]]
+        return CellStats(self.moments.take(index).copy(), targets, self.refs)
+
+    def quantiles(self, quantiles: Sequence[float]) -> np.ndarray:
+        """Exact quantiles ``[*shape, len(quantiles)]`` (computed once per list of quantiles)."""
+        if self._resolved != tuple(quantiles):
+            resolve_all([self], quantiles)
+        qs = np.stack([t.result for t in self.targets]) if self.targets else np.zeros((0, len(quantiles)))
+        return qs.reshape(self.moments.shape + (len(quantiles),))
 
     def to_dict(self, quantiles: Sequence[float]) -> dict[str, np.ndarray]:
         """``{"count", "mean", "std", "min", "max", "qNN"...}``; count per leading index."""
@@ -70,14 +80,20 @@ class CellStats:
             "min": np.where(m.n > 0, m.min, np.nan),
             "max": np.where(m.n > 0, m.max, np.nan),
         }
-        if self.mixture_parts is not None:
-            qs = np.stack([mixture_quantiles(parts, quantiles) for parts in self.mixture_parts])
-        else:
-            qs = np.stack([sketch_quantiles(s, quantiles) for s in self.sketches]) if self.sketches else np.zeros((0, len(quantiles)))
-        qs = qs.reshape(m.shape + (len(quantiles),))
+        qs = self.quantiles(quantiles)
         for i, q in enumerate(quantiles):
             out[quantile_key(q)] = qs[..., i]
         return out
+
+
+def resolve_all(cells: Sequence[CellStats], quantiles: Sequence[float]) -> None:
+    """Select the exact quantiles of all ``cells`` together (one set of passes over the data)."""
+    refs: dict[int, DataRef] = {}
+    for c in cells:
+        refs.update(c.refs)
+    resolve([t for c in cells for t in c.targets], quantiles, refs)
+    for c in cells:
+        c._resolved = tuple(quantiles)
 
 
 @dataclass
@@ -99,47 +115,56 @@ class FinalStats:
     pooled: CellStats | None
     state: CellStats | None
 
+    @property
+    def blocks(self) -> list[CellStats]:
+        return [c for c in (self.per_timestep, self.global_, self.pooled, self.state) if c is not None]
+
     @classmethod
-    def from_accumulator(cls, acc) -> "FinalStats":
+    def from_accumulator(cls, acc, data=None) -> "FinalStats":
         acc.flush()
-        h, k = acc.spec.horizon, acc.spec.sketch_k
+        h = acc.spec.horizon
         if acc.action_dim is None:
             return cls(h, acc.num_episodes, acc.num_steps, None, None, None, None)
+        ref = DataRef(acc, data)
+        rid = id(ref)
+        refs = {rid: ref}
         d = acc.action_dim
         plain, delta = acc.plain_dims, acc.delta_dims
+        n_plain = len(plain)
         per_t = Moments.empty((h, d))
-        sketches = [[None] * d for _ in range(h)]
+        members: list[list] = [[None] * d for _ in range(h)]
         head, tail, dgroup = acc.groups["head"], acc.groups["tail"], acc.groups["delta"]
         # Plain dims: position k = tail ∪ head[k] ∪ ... ∪ head[H-2] (suffix merges, see accumulator).
         running = tail.moments.copy()
-        running_sk = [copy_sketch(s) for s in tail.sketches.sketches]
         for pos in range(h - 1, -1, -1):
             if pos < h - 1:
                 running.merge(head.moments.take(pos))
-                for j in range(len(plain)):
-                    cell = head.sketches.cell((pos, j))
-                    if not cell.is_empty():
-                        running_sk[j].merge(cell)
             _put(per_t, (pos, plain), running)
             for j, dim in enumerate(plain):
-                sketches[pos][dim] = copy_sketch(running_sk[j])
+                members[pos][dim] = [(Source(rid, "tail", j), 1)] + [
+                    (Source(rid, "head", p * n_plain + j), 1) for p in range(pos, h - 1)]
         for pos in range(h):
             _put(per_t, (pos, delta), dgroup.moments.take(pos))
             for j, dim in enumerate(delta):
-                sketches[pos][dim] = dgroup.sketches.cell((pos, j))
-        flat = [s for row in sketches for s in row]
-        per_timestep = CellStats(per_t, flat, k)
+                members[pos][dim] = [(Source(rid, "delta", pos * len(delta) + j), 1)]
+        per_timestep = CellStats(per_t, [Target(m) for row in members for m in row], refs)
         global_ = per_timestep.row(0)
-        global_ = CellStats(global_.moments.copy(), [copy_sketch(s) for s in global_.sketches], k)
         pooled_m = Moments.empty((d,))
         for pos in range(h):
             pooled_m.merge(per_t.take(pos))
-        pooled_sk = [merged((sketches[pos][dim] for pos in range(h)), k) for dim in range(d)]
-        pooled = CellStats(pooled_m, pooled_sk, k)
+        pooled_members = []
+        for dim in range(d):
+            # the union over positions, as multiplicities: tail is in all H, head[p] in p + 1
+            counts: dict[Source, int] = {}
+            for pos in range(h):
+                for src, mult in members[pos][dim]:
+                    counts[src] = counts.get(src, 0) + mult
+            pooled_members.append(Target(sorted(counts.items(), key=lambda kv: (kv[0].group, kv[0].cell))))
+        pooled = CellStats(pooled_m, pooled_members, refs)
         state = None
         if "state" in acc.groups:
             sg = acc.groups["state"]
-            state = CellStats(sg.moments.copy(), [copy_sketch(s) for s in sg.sketches.sketches], k)
+            state = CellStats(sg.moments.copy(), [Target([(Source(rid, "state", i), 1)]) for i in range(sg.shape[0])], refs)
         return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state)
 
     def to_dict(self, quantiles: Sequence[float]) -> dict:
@@ -197,19 +222,25 @@ def combine(parts: Sequence[tuple[FinalStats, float]], weighting: str = "samples
 
 
 def _combine_cells(cells: list[tuple[CellStats, float]], weighting: str) -> CellStats:
-    k = cells[0][0].k
-    n_cells = len(cells[0][0].sketches)
     if weighting == "mixture":
         # Datasets with weight 0 are not part of the distribution the trainer sees.
         cells = [(c, w) for c, w in cells if w > 0]
         if not cells:
             raise ValueError("weighting 'mixture' needs at least one dataset with weight > 0")
     moments = Moments.empty(cells[0][0].moments.shape)
+    refs: dict[int, DataRef] = {}
     for c, _ in cells:
         moments.merge(c.moments)
-    sketches = [merged((c.sketches[i] for c, _ in cells), k) for i in range(n_cells)]
+        refs.update(c.refs)
+    n_cells = len(cells[0][0].targets)
+    targets = []
+    for i in range(n_cells):
+        members = [m for c, _ in cells for m in c.targets[i].members]
+        weights = None
+        if weighting == "mixture":
+            weights = {src.ref: w for c, w in cells for src, _ in c.targets[i].members}
+        targets.append(Target(members, weights))
     if weighting == "samples":
-        return CellStats(moments, sketches, k)
+        return CellStats(moments, targets, refs)
     mean, var = mixture_moments([(c.moments, w) for c, w in cells])
-    parts = [[(c.sketches[i], w) for c, w in cells] for i in range(n_cells)]
-    return CellStats(moments, sketches, k, mean, var, parts)
+    return CellStats(moments, targets, refs, mean, var)

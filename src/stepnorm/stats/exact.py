@@ -1,0 +1,426 @@
+"""Exact quantiles in bounded memory: a deterministic bracketing sample, then passes over the data.
+
+The rule (one, everywhere): numpy's ``inverted_cdf``. For ``n`` entries and rank ``q`` the result
+is the ``c``-th smallest entry with ``c = max(0, ceil(n*q - 1)) + 1`` (numpy's own arithmetic, so
+``np.quantile(x, q, method="inverted_cdf")`` agrees bit for bit). For the ``mixture`` weighting,
+dataset ``i`` gives each of its ``n_i`` entries probability ``p_i / n_i`` (``p_i`` its normalized
+weight) and the result is the smallest entry ``x`` with ``F(x) = sum_i p_i * #(x_i <= x) / n_i >= q``
+(numpy's weighted ``inverted_cdf``).
+
+How, in bounded memory and independent of how the data was split:
+
+1. Each cell keeps a ``DistinctSample``: the ``k`` distinct values with the smallest hash of their
+   bits, each with its exact count. A value's hash is a function of the value only, so the sample
+   of a union is the sample of the union of samples, whatever the split, order or merge tree; a
+   value that is kept has its exact total count. When a cell has at most ``k`` distinct values the
+   sample is its whole histogram and the quantiles are read from it directly.
+2. Otherwise the sample's values are candidate edges: one pass over the numeric data counts, per
+   cell, the entries below and at each edge in a window around the estimated rank. The counts add
+   across cells, datasets and files. They tell which edge is the answer, or which open interval
+   between two edges holds it; a window that does not contain the target rank is detected from the
+   counts and widened to every edge of the sample (a second counting pass, rare).
+3. A last pass collects the entries inside each target's interval (about ``n / k`` of them) and the
+   exact order statistic is selected from the counts below plus the sorted collected entries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+DEFAULT_SAMPLE_K = 2000
+SCAN_FLUSH_VALUES = 1 << 20
+
+_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def value_hash(values: np.ndarray) -> np.ndarray:
+    """splitmix64 of the float64 bits (``-0.0`` hashed as ``0.0``): a value's sampling priority."""
+    bits = (np.asarray(values, np.float64) + 0.0).view(np.uint64)
+    with np.errstate(over="ignore"):
+        z = bits + _M1
+        z = (z ^ (z >> np.uint64(30))) * _M2
+        z = (z ^ (z >> np.uint64(27))) * _M3
+    return z ^ (z >> np.uint64(31))
+
+
+def count_threshold(n: int, q: float) -> int:
+    """How many entries must be ``<= x`` for ``x`` to be the ``inverted_cdf`` q-quantile of ``n``."""
+    return max(0, math.ceil(float(n) * q - 1.0)) + 1
+
+
+class DistinctSample:
+    """The ``k`` distinct values of smallest ``value_hash``, each with its exact count.
+
+    ``values``/``counts`` are sorted by hash; ``truncated`` is True iff some distinct value was
+    left out (then the cell held more than ``k`` distinct values).
+    """
+
+    __slots__ = ("k", "values", "counts", "hashes", "truncated")
+
+    def __init__(self, k: int, values=None, counts=None, truncated: bool = False):
+        self.k = int(k)
+        self.values = np.zeros(0) if values is None else np.asarray(values, np.float64)
+        self.counts = np.zeros(0, np.int64) if counts is None else np.asarray(counts, np.int64)
+        self.hashes = value_hash(self.values)
+        self.truncated = bool(truncated)
+
+    def add(self, values: np.ndarray) -> None:
+        """Add the entries of a 1-D float64 array (no NaN)."""
+        if not len(values):
+            return
+        values = values + 0.0
+        if len(self.values) >= self.k:
+            # Only values whose hash does not exceed the largest kept one can be kept.
+            keep = value_hash(values) <= self.hashes[-1]
+            if not keep.all():
+                self.truncated = True
+                values = values[keep]
+                if not len(values):
+                    return
+        uniq, counts = np.unique(values, return_counts=True)
+        self._merge(uniq, counts)
+
+    def merge(self, other: "DistinctSample") -> "DistinctSample":
+        """Merge ``other`` into self (associative, commutative); returns self."""
+        self.truncated |= other.truncated
+        if len(other.values):
+            self._merge(other.values, other.counts)
+        return self
+
+    def _merge(self, values: np.ndarray, counts: np.ndarray) -> None:
+        all_v = np.concatenate([self.values, values])
+        uniq, inverse = np.unique(all_v, return_inverse=True)
+        total = np.zeros(len(uniq), np.int64)
+        np.add.at(total, inverse, np.concatenate([self.counts, counts]))
+        hashes = value_hash(uniq)
+        order = np.lexsort((uniq, hashes))
+        if len(order) > self.k:
+            order = order[: self.k]
+            self.truncated = True
+        self.values, self.counts, self.hashes = uniq[order], total[order], hashes[order]
+
+    def copy(self) -> "DistinctSample":
+        return DistinctSample(self.k, self.values.copy(), self.counts.copy(), self.truncated)
+
+
+class SampleGrid:
+    """One ``DistinctSample`` per cell of an array of cells (C order)."""
+
+    def __init__(self, shape: tuple[int, ...], k: int, samples: list[DistinctSample] | None = None):
+        self.shape = tuple(shape)
+        self.k = int(k)
+        n = int(np.prod(self.shape, dtype=np.int64))
+        self.samples = samples if samples is not None else [DistinctSample(k) for _ in range(n)]
+
+    def update(self, batch: np.ndarray) -> None:
+        """Add ``batch [N, *shape]`` (NaN = no value in that cell)."""
+        flat = batch.reshape(batch.shape[0], -1)
+        for c, sample in enumerate(self.samples):
+            col = flat[:, c]
+            sample.add(col[~np.isnan(col)])
+
+    def merge(self, other: "SampleGrid") -> None:
+        for mine, theirs in zip(self.samples, other.samples):
+            mine.merge(theirs)
+
+    def copy(self) -> "SampleGrid":
+        return SampleGrid(self.shape, self.k, [s.copy() for s in self.samples])
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}.sample_lengths": np.asarray([len(s.values) for s in self.samples], np.int64),
+            f"{prefix}.sample_truncated": np.asarray([s.truncated for s in self.samples], bool),
+            f"{prefix}.sample_values": np.concatenate([s.values for s in self.samples] + [np.zeros(0)]),
+            f"{prefix}.sample_counts": np.concatenate([s.counts for s in self.samples] + [np.zeros(0, np.int64)]),
+        }
+
+    @classmethod
+    def from_arrays(cls, shape, k: int, z, prefix: str) -> "SampleGrid":
+        lengths = z[f"{prefix}.sample_lengths"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        values, counts, trunc = z[f"{prefix}.sample_values"], z[f"{prefix}.sample_counts"], z[f"{prefix}.sample_truncated"]
+        samples = [DistinctSample(k, values[offsets[i]:offsets[i + 1]], counts[offsets[i]:offsets[i + 1]], bool(trunc[i]))
+                   for i in range(len(lengths))]
+        return cls(shape, k, samples)
+
+
+# -- exact selection ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One cell of one dataset's accumulator group; ``ref`` identifies the dataset's data."""
+
+    ref: int
+    group: str
+    cell: int
+
+
+@dataclass
+class Target:
+    """One output cell: the multiset union of its member cells (with multiplicities).
+
+    ``weights`` is None for plain order statistics over all entries, else the mixture weight per
+    dataset ref (datasets without entries in this cell are left out and the rest renormalized).
+    """
+
+    members: list[tuple[Source, int]]
+    weights: dict[int, float] | None = None
+    result: np.ndarray | None = field(default=None, repr=False)
+
+
+class DataRef:
+    """A dataset's accumulator and a way to read its numeric data again (``data()`` -> episodes)."""
+
+    def __init__(self, acc, data: Callable[[], Iterable] | Sequence | None):
+        self.acc = acc
+        self.data = data
+
+    def episodes(self) -> Iterable:
+        if self.data is None:
+            raise ValueError(
+                f"{self.acc.name}: exact quantiles need a pass over the data (more than "
+                f"{self.acc.spec.sketch_k} distinct values in a cell); give finalize(data=...)")
+        return self.data() if callable(self.data) else self.data
+
+
+class _Plan:
+    """Per target and quantile: the sorted merged sample, thresholds, and the current state."""
+
+    def __init__(self, target: Target, qs: Sequence[float], refs: dict[int, DataRef]):
+        self.target, self.qs = target, list(qs)
+        # per dataset ref: number of entries (with multiplicity)
+        self.ref_ids = sorted({s.ref for s, _ in target.members})
+        self.n = np.zeros(len(self.ref_ids), np.int64)
+        self.col = {r: i for i, r in enumerate(self.ref_ids)}
+        samples: list[tuple[int, DistinctSample, int]] = []
+        self.complete = True
+        for src, mult in target.members:
+            group = refs[src.ref].acc.groups[src.group]
+            self.n[self.col[src.ref]] += mult * int(group.moments.n.reshape(-1)[src.cell])
+            sample = group.samples.samples[src.cell]
+            samples.append((self.col[src.ref], sample, mult))
+            self.complete &= not sample.truncated
+        if target.weights is None:
+            self.p = None
+        else:
+            w = np.asarray([target.weights[r] if self.n[i] > 0 else 0.0 for i, r in enumerate(self.ref_ids)])
+            self.p = w / w.sum() if w.sum() > 0 else w
+        # merged sample: distinct values and, per dataset column, the kept counts (exact where kept)
+        vals = np.concatenate([s.values for _, s, _ in samples] + [np.zeros(0)])
+        self.edges = np.unique(vals)
+        self.sample_counts = np.zeros((len(self.edges), len(self.ref_ids)), np.int64)
+        for col, s, mult in samples:
+            if len(s.values):
+                np.add.at(self.sample_counts[:, col], np.searchsorted(self.edges, s.values), s.counts * mult)
+        self.answer = np.full(len(self.qs), np.nan)
+        self.state = ["todo" if self.n.sum() > 0 else "done"] * len(self.qs)
+        self.window: list[tuple[int, int]] = [(0, 0)] * len(self.qs)
+        self.interval: list[tuple[float, float, np.ndarray] | None] = [None] * len(self.qs)
+
+    def reached(self, counts: np.ndarray, qi: int) -> np.ndarray:
+        """For count rows ``[E, n_refs]`` (entries <= x per dataset): does x reach quantile ``qi``?"""
+        q = self.qs[qi]
+        if self.p is None:
+            return counts.sum(axis=1) >= count_threshold(int(self.n.sum()), q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(self.n > 0, counts / np.maximum(self.n, 1), 0.0)
+        return frac @ self.p >= q
+
+    def solve_complete(self) -> None:
+        """Every member's sample is its whole histogram: read the answers from it."""
+        cum = np.cumsum(self.sample_counts, axis=0)
+        for qi in range(len(self.qs)):
+            if self.state[qi] == "done":
+                continue
+            hit = np.flatnonzero(self.reached(cum, qi))
+            self.answer[qi] = self.edges[hit[0]]
+            self.state[qi] = "done"
+
+    def open_windows(self, full: bool) -> None:
+        """Choose each open target's window of candidate edges around its estimated position."""
+        m = len(self.edges)
+        # Estimated CDF from the sample: each kept value stands for (entries / kept entries) of its dataset.
+        kept = self.sample_counts.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = np.where(kept > 0, self.n / np.maximum(kept, 1), 0.0)
+        weight = self.sample_counts * scale
+        if self.p is not None:
+            weight = np.where(self.n > 0, weight / np.maximum(self.n, 1), 0.0) * self.p
+        cdf = np.cumsum(weight.sum(axis=1))
+        total = cdf[-1] if m else 0.0
+        for qi, q in enumerate(self.qs):
+            if self.state[qi] != "todo":
+                continue
+            if full or m == 0 or total <= 0:
+                self.window[qi] = (0, m)
+                continue
+            center = int(np.searchsorted(cdf, q * total))
+            width = int(math.ceil(6 * math.sqrt(m * q * (1 - q)))) + 8
+            self.window[qi] = (max(0, center - width), min(m, center + width + 1))
+
+    def window_edges(self, qi: int) -> np.ndarray:
+        lo, hi = self.window[qi]
+        return self.edges[lo:hi]
+
+    def decide(self, qi: int, lt: np.ndarray, le: np.ndarray, full: bool) -> None:
+        """With exact counts (``[E, n_refs]``) below and at the window's edges, fix the answer or
+        the open interval that holds it; a window that missed stays "todo" (to be widened)."""
+        lo, hi = self.window[qi]
+        m = len(self.edges)
+        edges = self.edges[lo:hi]
+        hit = np.flatnonzero(self.reached(le, qi)) if len(edges) else np.zeros(0, np.int64)
+        if not len(hit):
+            if hi < m and not full:
+                return  # the target lies above the window
+            base = le[-1] if len(edges) else np.zeros(len(self.ref_ids), np.int64)
+            self.interval[qi] = (edges[-1] if len(edges) else -np.inf, np.inf, base)
+            self.state[qi] = "collect"
+            return
+        i = int(hit[0])
+        if not self.reached(lt[i : i + 1], qi)[0]:
+            self.answer[qi] = edges[i]  # the edge value itself reaches the rank
+            self.state[qi] = "done"
+            return
+        if i == 0:
+            if lo > 0 and not full:
+                return  # the target lies below the window
+            self.interval[qi] = (-np.inf, edges[0], np.zeros(len(self.ref_ids), np.int64))
+        else:
+            self.interval[qi] = (edges[i - 1], edges[i], le[i - 1])
+        self.state[qi] = "collect"
+
+    def select(self, qi: int, collected: list[tuple[int, np.ndarray, int]]) -> None:
+        """The exact order statistic from the counts below the interval and its collected entries
+        (``(dataset column, entries, multiplicity)`` per member cell)."""
+        _, _, base = self.interval[qi]
+        values = np.concatenate([v for _, v, _ in collected] + [np.zeros(0)])
+        cols = np.concatenate([np.full(len(v), c, np.int64) for c, v, _ in collected] + [np.zeros(0, np.int64)])
+        mults = np.concatenate([np.full(len(v), m, np.int64) for _, v, m in collected] + [np.zeros(0, np.int64)])
+        uniq, inverse = np.unique(values, return_inverse=True)
+        counts = np.zeros((len(uniq), len(self.ref_ids)), np.int64)
+        np.add.at(counts, (inverse, cols), mults)
+        cum = np.cumsum(counts, axis=0) + base
+        hit = np.flatnonzero(self.reached(cum, qi))
+        if not len(hit):
+            raise RuntimeError(f"exact quantile selection found no entry for q={self.qs[qi]} (counts disagree)")
+        self.answer[qi] = uniq[hit[0]]
+        self.state[qi] = "done"
+
+
+def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, DataRef]) -> None:
+    """Fill ``target.result`` (shape ``[len(qs)]``) with the exact quantiles of every target."""
+    plans = [_Plan(t, qs, refs) for t in targets]
+    for plan in plans:
+        if plan.complete:
+            plan.solve_complete()
+    for full in (False, True):
+        open_plans = [p for p in plans if "todo" in p.state]
+        if not open_plans:
+            break
+        for plan in open_plans:
+            plan.open_windows(full)
+        # Per source cell: the union of the edges of every open target it belongs to.
+        wanted: dict[Source, list[np.ndarray]] = {}
+        for plan in open_plans:
+            edges = np.unique(np.concatenate([plan.window_edges(qi) for qi, st in enumerate(plan.state)
+                                              if st == "todo"] + [np.zeros(0)]))
+            for src, _ in plan.target.members:
+                wanted.setdefault(src, []).append(edges)
+        source_edges = {src: np.unique(np.concatenate(e)) for src, e in wanted.items()}
+        lt, le = _count_pass(source_edges, refs)
+        for plan in open_plans:
+            for qi, st in enumerate(plan.state):
+                if st != "todo":
+                    continue
+                edges = plan.window_edges(qi)
+                c_lt = np.zeros((len(edges), len(plan.ref_ids)), np.int64)
+                c_le = np.zeros_like(c_lt)
+                for src, mult in plan.target.members:
+                    at = np.searchsorted(source_edges[src], edges)
+                    c_lt[:, plan.col[src.ref]] += mult * lt[src][at]
+                    c_le[:, plan.col[src.ref]] += mult * le[src][at]
+                plan.decide(qi, c_lt, c_le, full)
+    intervals: dict[Source, set[tuple[float, float]]] = {}
+    for plan in plans:
+        for qi, st in enumerate(plan.state):
+            if st == "collect":
+                lo, hi, _ = plan.interval[qi]
+                for src, _ in plan.target.members:
+                    intervals.setdefault(src, set()).add((lo, hi))
+    if intervals:
+        collected = _collect_pass({s: sorted(v) for s, v in intervals.items()}, refs)
+        for plan in plans:
+            for qi, st in enumerate(plan.state):
+                if st == "collect":
+                    lo, hi, _ = plan.interval[qi]
+                    plan.select(qi, [(plan.col[src.ref], collected[src][(lo, hi)], mult)
+                                     for src, mult in plan.target.members])
+    for plan in plans:
+        plan.target.result = plan.answer
+
+
+def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
+    """Call ``fn(source, values)`` with every valid entry of every wanted source cell, batched."""
+    by_ref: dict[int, dict[str, list[Source]]] = {}
+    for src in sources:
+        by_ref.setdefault(src.ref, {}).setdefault(src.group, []).append(src)
+    for ref_id in sorted(by_ref):
+        ref, groups = refs[ref_id], by_ref[ref_id]
+        pending: dict[str, list[np.ndarray]] = {g: [] for g in groups}
+        sizes = dict.fromkeys(groups, 0)
+
+        def flush(group):
+            if not pending[group]:
+                return
+            batch = np.concatenate(pending[group], axis=0)
+            pending[group], sizes[group] = [], 0
+            flat = batch.reshape(batch.shape[0], -1)
+            for src in groups[group]:
+                col = flat[:, src.cell]
+                fn(src, col[~np.isnan(col)] + 0.0)
+
+        for episode in ref.episodes():
+            action, state = episode if isinstance(episode, tuple) else (episode.action, episode.state)
+            for group, batch in ref.acc.group_batches(action, state).items():
+                if group in groups and batch.shape[0]:
+                    pending[group].append(batch)
+                    sizes[group] += batch.size
+                    if sizes[group] >= SCAN_FLUSH_VALUES:
+                        flush(group)
+        for group in groups:
+            flush(group)
+
+
+def _count_pass(source_edges: dict[Source, np.ndarray], refs):
+    """Per source cell and edge: exact counts of entries < edge and <= edge."""
+    lt_hist = {s: np.zeros(len(e) + 1, np.int64) for s, e in source_edges.items()}
+    le_hist = {s: np.zeros(len(e) + 1, np.int64) for s, e in source_edges.items()}
+
+    def count(src, values):
+        edges = source_edges[src]
+        # #edges <= v is i+1 for e_i <= v: v < e_i  <=>  searchsorted(edges, v, 'right') <= i
+        lt_hist[src] += np.bincount(np.searchsorted(edges, values, "right"), minlength=len(edges) + 1)
+        le_hist[src] += np.bincount(np.searchsorted(edges, values, "left"), minlength=len(edges) + 1)
+
+    _scan(refs, source_edges, count)
+    lt = {s: np.cumsum(h)[:-1] for s, h in lt_hist.items()}
+    le = {s: np.cumsum(h)[:-1] for s, h in le_hist.items()}
+    return lt, le
+
+
+def _collect_pass(intervals: dict[Source, list[tuple[float, float]]], refs):
+    """Per source cell and open interval ``(lo, hi)``: the entries strictly inside it."""
+    out = {s: {iv: [] for iv in ivs} for s, ivs in intervals.items()}
+
+    def collect(src, values):
+        for lo, hi in intervals[src]:
+            inside = values[(values > lo) & (values < hi)]
+            if len(inside):
+                out[src][(lo, hi)].append(inside)
+
+    _scan(refs, intervals, collect)
+    return {s: {iv: np.concatenate(parts) if parts else np.zeros(0) for iv, parts in ivs.items()}
+            for s, ivs in out.items()}
