@@ -7,8 +7,9 @@ Every method runs in its own subprocess (wall time and that process's peak RSS),
   (c) naive-per-t     seed 000's method: stack every chunk [N, H, D] (padded by repeating the last
                       action), numpy per timestep
   (d) read-bytes      read every shard's bytes (the I/O floor)
-and the scenario checks of issue 3: peak memory when the dataset doubles, the incremental second
-run after adding a dataset of ~5% of the mixture, and 2 workers vs 1.
+and the scenario checks of issues 3 and 15: peak memory when the dataset doubles, the incremental
+second run after adding a dataset of ~5% of the mixture, reruns after changing H, the delta_mask
+or a transform's arguments (served from the values cache), and 2 workers vs 1.
 
 Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20]
 Datasets come from bench/oxe_like.py (generated on first use: 1.3 GB, 2.6 GB and 0.06 GB, and with
@@ -112,14 +113,18 @@ def config(paths: dict[str, Path], out: Path) -> Path:
 
 
 def stepnorm_stats(cfg: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """Wall seconds (whole process) and peak RSS; prints the in-process seconds the CLI reports."""
-    wall, rss, stdout = run_output([PY, "-m", "stepnorm.cli", "stats", str(cfg), "--out", str(out), *extra])
+    """Wall seconds (whole process) and peak RSS; prints the in-process seconds the CLI reports.
+
+    Every run uses the benchmark's own values cache (``CACHE``); ``--force`` reads every file."""
+    wall, rss, stdout = run_output([PY, "-m", "stepnorm.cli", "stats", str(cfg), "--out", str(out),
+                                    "--cache", str(CACHE[0]), *extra])
     inner = re.search(r"\(([0-9.]+)s\)", stdout)
     IN_PROCESS[str(out)] = float(inner.group(1)) if inner else float("nan")
     return wall, rss
 
 
 IN_PROCESS: dict[str, float] = {}
+CACHE: list[Path] = []
 
 
 def warm(paths: list[Path]) -> None:
@@ -193,6 +198,25 @@ def incremental(label: str, big: Path, small: Path, size: dict[Path, float], wor
           f"{100 * inc / full:.0f}% of full ({100 * inc_in / full_in:.0f}% in-process)   target <= 15%")
 
 
+def reruns(label: str, big: Path, work: Path) -> None:
+    """A full run (every file read) vs reruns that change only what is computed from the values
+    cache: H 50 -> 16, a 6-dim delta_mask, a transform's arguments. Target: each <= 10% of full."""
+    base = yaml.safe_load(config({big.parent.name: big}, work / f"re-{label}.yaml").read_text())
+    full, _ = stepnorm_stats(work / f"re-{label}.yaml", work / f"re-{label}", "--force")
+    variants = {
+        "H 50 -> 16": dict(base, horizon=16),
+        "delta_mask on 6 dims": dict(base, delta_mask=[True] * 6 + [False]),
+        "a transform's arguments": dict(base, datasets=[dict(base["datasets"][0], transforms=[
+            {"name": "clip", "args": {"key": "action", "dims": [0], "low": -0.5, "high": 0.5}}])]),
+    }
+    for name, cfg in variants.items():
+        path = work / f"re-{label}-{len(name)}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        wall, rss = stepnorm_stats(path, work / f"re-{label}")
+        print(f"rerun ({label}) after changing {name}: {wall:.1f}s vs full run {full:.1f}s = "
+              f"{100 * wall / full:.0f}% (peak {rss:.0f} MiB)   target <= 10%")
+
+
 def workers(label: str, cfg: Path, work: Path) -> None:
     """1 worker (the default in-process runner, and multi_processing with 1 worker) vs 2 workers."""
     mp = ("--direct_running_mode", "multi_processing", "--direct_num_workers")
@@ -225,6 +249,7 @@ def main():
         sets += [scale, scale_add]
     size = {p: sum(f.stat().st_size for f in p.glob("*.tfrecord*")) for p in sets}
     work = Path(tempfile.mkdtemp(prefix="stepnorm-bench-"))
+    CACHE.append(work / "cache")
     try:
         warm([big, double, small])
         cfg1, rows = table("1x", big, size[big], work)
@@ -234,12 +259,14 @@ def main():
         print(f"\npeak memory, dataset doubled ({size[double] / 1e9:.2f} GB): {rss1:.0f} -> {rss2:.0f} MiB "
               f"(+{100 * (rss2 / rss1 - 1):.1f}%)   target <= +10%")
         incremental("1x", big, small, size, work)
+        reruns("1x", big, work)
         workers(f"{size[big] / 1e9:.1f} GB", cfg1, work)
         workers(f"{size[double] / 1e9:.1f} GB", cfg2, work)
         if args.scale_gb:
             warm([scale, scale_add])
             print(f"\n== scale: {scale} ({size[scale] / 1e9:.2f} GB)\n")
             incremental("scale", scale, scale_add, size, work)
+            reruns("scale", scale, work)
             workers(f"{size[scale] / 1e9:.1f} GB", work / "one-scale.yaml", work)
             incremental("scale-cold", scale, scale_add, size, work, cold=True)
             warm([scale])

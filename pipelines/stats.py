@@ -1,13 +1,15 @@
-"""The statistics pipeline: episodes -> per-dataset accumulators -> mixture -> artifact.
+"""The statistics pipeline: data files -> values cache -> per-dataset accumulators -> mixture -> artifact.
 
-Datasets whose fingerprint matches a cached accumulator are not read at all; the others go through
-the Beam pipeline in ``stepnorm.pipelines.stats_beam`` (imported only when something must be read).
+Stage 1 (Beam, only for datasets whose values are not cached) reads each read task once into the
+values cache (``stepnorm.values``; imported from ``stepnorm.pipelines.stats_beam`` only when
+something must be read). Stage 2 (local) computes every statistic from the cached values in one
+canonical order (tasks in order, episodes in file order), so the artifact is the same bytes (apart
+from ``created``) whatever the runner, the worker count, the bundle split or the cache state.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -15,60 +17,52 @@ from pathlib import Path
 from typing import Sequence
 
 from stepnorm import outputs
-from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, STATS_FILE, fill_artifact
-from stepnorm.compute import artifact_from_accumulators
+from stepnorm.artifact import STATS_FILE, fill_artifact
+from stepnorm.compute import accumulator_spec, artifact_from_accumulators
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError
 from stepnorm.samples import DatasetSample
-from stepnorm.sources import check_widths, dataset_fingerprint, read_tasks
+from stepnorm.sources import check_widths, dataset_fingerprint, read_tasks, task_values_keys
+from stepnorm.sources.transforms import apply_transforms, build_transforms
 from stepnorm.stats import ChunkStatsAccumulator
-
-
-class DatasetSummary:
-    """What the pipeline keeps per dataset: the statistics accumulator and the validators' sample."""
-
-    def __init__(self, acc: ChunkStatsAccumulator, sample: DatasetSample):
-        self.acc, self.sample = acc, sample
-
-    def __reduce__(self):
-        return (DatasetSummary.from_bytes, (self.to_bytes(),))
-
-    def to_bytes(self) -> bytes:
-        a, s = self.acc.to_bytes(), self.sample.to_bytes()
-        return len(a).to_bytes(8, "little") + a + s
-
-    @staticmethod
-    def split(blob: bytes) -> tuple[bytes, bytes]:
-        """``to_bytes`` output as (accumulator bytes, sample bytes), the artifact's two files."""
-        n = int.from_bytes(blob[:8], "little")
-        return blob[8 : 8 + n], blob[8 + n :]
-
-    @classmethod
-    def from_parts(cls, acc: bytes, sample: bytes) -> "DatasetSummary":
-        return cls(ChunkStatsAccumulator.from_bytes(acc), DatasetSample.from_bytes(sample))
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> "DatasetSummary":
-        return cls.from_parts(*cls.split(blob))
+from stepnorm.values import ValuesCache
 
 
 @dataclass
 class StatsResult:
     stats_path: Path
-    status: dict[str, str]  # dataset -> "reused" | "computed"
+    status: dict[str, str]  # dataset -> "reused" (values from the cache) | "computed" (data read)
     seconds: float
 
 
-def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, bytes]:
-    """Run the Beam pipeline over ``names``; see ``stepnorm.pipelines.stats_beam.compute_summaries``."""
-    from stepnorm.pipelines.stats_beam import compute_summaries as run
+def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: ValuesCache) -> None:
+    """Read ``items`` ((cache key, ReadTask) pairs) with Beam into ``cache``."""
+    from stepnorm.pipelines.stats_beam import read_values
 
-    return run(cfg, names, beam_args, staging_root)
+    read_values(cfg, items, beam_args, str(cache.root))
+
+
+def accumulate_values(cfg: Config, ds, cache: ValuesCache, keys: list[str]) -> tuple[ChunkStatsAccumulator, DatasetSample]:
+    """One dataset's accumulator and validators' sample from its cached values (entries ``keys``
+    in task order), transforms applied; ``acc.data`` reads the values again (exact quantiles)."""
+    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
+
+    def episodes():
+        for raw in cache.episodes(keys, ds.name):
+            yield apply_transforms(raw, transforms) if transforms else raw
+
+    acc, sample = ChunkStatsAccumulator(accumulator_spec(cfg), ds.name), DatasetSample()
+    for ep in episodes():
+        acc.add_episode(ep.action, ep.state, source=ep.source)
+        sample.add_episode(ds.name, ep.index, ep.action, ep.state, ep.images)
+    acc.data = episodes
+    return acc, sample
 
 
 def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = (), force: bool = False,
-              log=print) -> StatsResult:
-    """Compute (or reuse) every dataset's accumulator and write the artifact to ``out_dir``.
+              log=print, cache: str | os.PathLike | None = None) -> StatsResult:
+    """Compute every dataset's statistics (reading only the read tasks whose values are not in
+    the values cache ``cache``; with ``force``, all of them) and write the artifact to ``out_dir``.
 
     ``out_dir`` must be absent, empty or an earlier stats artifact, and not inside an input; it is
     locked while the run lasts and replaced in one atomic step (see ``stepnorm.outputs``).
@@ -76,32 +70,35 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     t0 = time.monotonic()
     with outputs.writing(out_dir, "stats", config_inputs(cfg)) as staging:
         out = staging.parent / Path(out_dir).resolve().name
+        values = ValuesCache(cache)
+        tasks = {ds.name: task_values_keys(ds) for ds in cfg.datasets}
         fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
-        blobs, status = {}, {}  # dataset -> (accumulator bytes, sample bytes), as the artifact stores them
+        todo, seen = [], set()
         for ds in cfg.datasets:
-            key = f"{ds.name}-{fingerprints[ds.name]}"
-            acc_path, sample_path = out / ACCUMULATOR_DIR / f"{key}.acc", out / SAMPLE_DIR / f"{key}.sample"
-            if not force and acc_path.exists() and sample_path.exists():
-                blobs[ds.name] = (acc_path.read_bytes(), sample_path.read_bytes())
-                status[ds.name] = "reused"
-        todo = [ds.name for ds in cfg.datasets if ds.name not in blobs]
-        check_widths(cfg, todo)  # masks and dim indices against the declared widths, before any reading
-        _warn_metadata(cfg, todo)
-        computed = compute_summaries(cfg, todo, beam_args, staging) if todo else {}
-        for name, blob in computed.items():
-            blobs[name] = DatasetSummary.split(blob)
-            status[name] = "computed"
-        accs = {name: ChunkStatsAccumulator.from_bytes(parts[0]) for name, parts in blobs.items()}
-        _check_counts(cfg, accs, computed)
+            for task, key in tasks[ds.name]:
+                if (force or not values.has(key)) and key not in seen:
+                    todo.append((key, task))
+                    seen.add(key)
+        read = [ds.name for ds in cfg.datasets if any(t.dataset == ds.name for _, t in todo)]
+        status = {ds.name: "computed" if ds.name in read else "reused" for ds in cfg.datasets}
+        check_widths(cfg)  # masks and dim indices against the declared widths, before any work
+        _warn_metadata(cfg, read)
+        if todo:
+            read_into_cache(cfg, todo, beam_args, values)
+        accs, samples = {}, {}
+        for ds in cfg.datasets:
+            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, [k for _, k in tasks[ds.name]])
+        _check_counts(cfg, accs, read)
         doc = artifact_from_accumulators(cfg, accs, fingerprints)
-        keys = {name: f"{name}-{fingerprints[name]}" for name in blobs}
-        for leftover in staging.iterdir():  # the Beam hand-off directory, if the runner left one
-            shutil.rmtree(leftover, ignore_errors=True)
-        fill_artifact(staging, doc, {keys[n]: b[0] for n, b in blobs.items()},
-                      {keys[n]: b[1] for n, b in blobs.items()})
+        blob_keys = {name: f"{name}-{fingerprints[name]}" for name in accs}
+        fill_artifact(staging, doc, {blob_keys[n]: a.to_bytes() for n, a in accs.items()},
+                      {blob_keys[n]: s.to_bytes() for n, s in samples.items()})
     for ds in cfg.datasets:
         acc = accs[ds.name]
-        log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps")
+        n_read = sum(1 for _, t in todo if t.dataset == ds.name)
+        note = "  (extract reused)" if status[ds.name] == "reused" else (
+            f"  ({n_read} of {len(tasks[ds.name])} read tasks read)" if n_read < len(tasks[ds.name]) else "")
+        log(f"  {ds.name:32s} {status[ds.name]:8s} {acc.num_episodes:7d} episodes {acc.num_steps:9d} steps{note}")
     return StatsResult(out / STATS_FILE, status, time.monotonic() - t0)
 
 
@@ -123,12 +120,16 @@ def config_inputs(cfg: Config) -> list[str]:
 def _check_counts(cfg: Config, accs, computed) -> None:
     """Counts in equal counts out: every episode the split selects reached the accumulator."""
     for ds in cfg.datasets:
-        if ds.name not in computed or ds.format != "rlds":
+        if ds.name not in computed:
+            continue
+        got = accs[ds.name].num_episodes
+        if got == 0:
+            raise InputDataError(ds.path, f"dataset {ds.name!r} has no episodes in split {ds.split!r}")
+        if ds.format != "rlds":
             continue
         expected = sum(t.take for t in read_tasks(ds))
-        got = accs[ds.name].num_episodes
         if got != expected:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["DatasetSummary", "StatsResult", "compute_summaries", "run_stats", "STATS_FILE"]
+__all__ = ["StatsResult", "accumulate_values", "read_into_cache", "run_stats", "STATS_FILE"]

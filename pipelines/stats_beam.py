@@ -1,9 +1,11 @@
-"""The Beam side of the statistics pipeline: read tasks -> per-dataset accumulators.
+"""The Beam side of the statistics pipeline: read tasks -> per-task numeric values in the cache.
 
-Read tasks (RLDS shard reads, LeRobot datasets) are spread over workers; each task's episodes go
-into a ``CombinePerKey`` around the core accumulator, so Beam combines per bundle and across
-workers. Kept apart from ``stepnorm.pipelines.stats`` so a run whose datasets all come from the
-cache never imports Beam.
+Read tasks (RLDS shard reads, LeRobot datasets) are spread over workers; each task's numeric
+values (actions, states before transforms, episode boundaries, one image frame per episode and
+camera for the validators) go to one entry of the values cache (``stepnorm.values``); the
+statistics are computed from those entries afterwards, in one canonical order, so they do not
+depend on the runner or on how Beam split the work. Kept apart from ``stepnorm.pipelines.stats``
+so a run whose datasets all come from the cache never imports Beam.
 
 Runs with Beam's local FnApiRunner unless ``--runner`` is given (the default DirectRunner would
 first try to download a Prism binary); ``--direct_running_mode multi_processing
@@ -19,21 +21,16 @@ import re
 import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from stepnorm.compute import accumulator_spec
 from stepnorm.config import Config
-from stepnorm.errors import InputDataError, StepnormError, UsageError
-from stepnorm.pipelines.stats import DatasetSummary
-from stepnorm.samples import DatasetSample, pick_frame
-from stepnorm.sources import ReadTask, read_task, read_tasks
-from stepnorm.stats import ChunkStatsAccumulator
+from stepnorm.errors import StepnormError, UsageError
+from stepnorm.samples import pick_frame
+from stepnorm.sources import read_task
+from stepnorm.values import TaskValues, ValuesCache
 
 
 def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, object | None]:
@@ -70,108 +67,54 @@ def _progress_bar(label: str):
                 mininterval=1.0, leave=False)
 
 
-class ReadEpisodesFn(beam.DoFn):
-    """ReadTask -> (dataset name, Episode), with transforms applied."""
+class ReadTaskFn(beam.DoFn):
+    """(cache key, ReadTask) -> the task's numeric values (before transforms) in the values cache.
 
-    def __init__(self, cfg: Config):
+    Each task is read by one call, its episodes in file order, so its entry is the same bytes
+    whatever the runner, worker count or bundle split.
+    """
+
+    def __init__(self, cfg: Config, cache_root: str):
         self.cfg = cfg
         self.by_name = {ds.name: ds for ds in cfg.datasets}
+        self.cache_root = cache_root
 
     def setup(self):
         self.progress = _progress_bar("reading")
         self.steps, self.started = 0, time.monotonic()
         self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
+        self.cache = ValuesCache(self.cache_root)
 
     def teardown(self):
         self.progress.close()
 
-    def process(self, task: ReadTask):
+    def process(self, item):
+        key, task = item
         ds = self.by_name[task.dataset]
         image_keys = ds.image_keys if ds.format == "rlds" else ()
-        for episode in read_task(ds, task, image_keys=image_keys):
+        values = TaskValues()
+        for episode in read_task(ds, task, image_keys=image_keys, transform=False):
             self.steps += episode.length
             self.progress.update(1)
             self.progress.set_postfix_str(f"{self.steps / max(time.monotonic() - self.started, 1e-9):.0f} steps/s",
                                           refresh=False)
             self.episodes_counter.inc()
-            # Only one frame per episode and camera can enter the sample: ship just that one.
+            # Only one frame per episode and camera can enter the validators' sample: keep that one.
             episode.images = {k: [frames[pick_frame(ds.name, k, episode.index, len(frames))]]
                               for k, frames in episode.images.items() if len(frames)}
-            yield task.dataset, episode
+            values.add(episode)
+        self.cache.write(key, values, ds.name, task.locator)
+        yield key
 
 
-class AccumulateFn(beam.CombineFn):
-    """Beam CombineFn around ``ChunkStatsAccumulator`` (+ the sample): create/add/merge/extract."""
-
-    def __init__(self, cfg: Config):
-        self.spec = accumulator_spec(cfg)
-
-    def create_accumulator(self):
-        return DatasetSummary(ChunkStatsAccumulator(self.spec), DatasetSample())
-
-    def add_input(self, summary, episode):
-        summary.acc.name = episode.dataset
-        summary.acc.add_episode(episode.action, episode.state, source=episode.source)
-        summary.sample.add_episode(episode.dataset, episode.index, episode.action, episode.state, episode.images)
-        return summary
-
-    def merge_accumulators(self, summaries):
-        summaries = iter(summaries)
-        first = next(summaries)
-        for other in summaries:
-            if other.acc.name != "dataset":
-                first.acc.name = other.acc.name
-            first.acc.merge(other.acc)
-            first.sample.merge(other.sample)
-        return first
-
-    def compact(self, summary):
-        summary.acc.flush()
-        return summary
-
-    def extract_output(self, summary):
-        return summary.to_bytes()
-
-
-def _write_blob(item, staging: str):
-    name, blob = item
-    with FileSystems.create(f"{staging}/{name}.acc") as handle:
-        handle.write(blob)
-    return name
-
-
-def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, bytes]:
-    """Run the Beam pipeline over ``names``; returns each dataset's serialized ``DatasetSummary``.
-
-    Workers hand their results over through files under ``--temp_location`` when it is set (it is on
-    Dataflow, where workers cannot write to the launcher's disk), else under ``staging_root``.
-    """
-    by_name = {ds.name: ds for ds in cfg.datasets}
-    tasks = [t for name in names for t in read_tasks(by_name[name])]
-    options, _ = make_pipeline_options(beam_args)
-    root = options.view_as(GoogleCloudOptions).temp_location or str(staging_root)
-    staging = FileSystems.join(root, f".stepnorm-staging-{uuid.uuid4().hex}")
-    FileSystems.mkdirs(staging)
-    try:
-        run_beam(beam_args, lambda p: (
-            p
-            | "Tasks" >> beam.Create(tasks)
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
-            | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
-            | "Stage" >> beam.Map(_write_blob, staging)
-        ))
-        out = {}
-        for name in names:
-            path = FileSystems.join(staging, f"{name}.acc")
-            if not FileSystems.exists(path):
-                raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
-            with FileSystems.open(path) as handle:
-                out[name] = handle.read()
-        return out
-    finally:
-        if FileSystems.exists(staging):
-            FileSystems.delete([staging])
+def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: str) -> None:
+    """Run the Beam pipeline that reads ``items`` ((cache key, ReadTask) pairs) into the cache."""
+    run_beam(beam_args, lambda p: (
+        p
+        | "Tasks" >> beam.Create(items)
+        | "Spread" >> beam.Reshuffle()
+        | "Read" >> beam.ParDo(ReadTaskFn(cfg, cache_root))
+    ))
 
 
 def run_beam(beam_args: Sequence[str], build) -> None:
@@ -258,4 +201,4 @@ def _stepnorm_error_from_text(text: str) -> StepnormError | None:
     return error
 
 
-__all__ = ["AccumulateFn", "ReadEpisodesFn", "compute_summaries", "make_pipeline_options", "run_beam"]
+__all__ = ["ReadTaskFn", "make_pipeline_options", "read_values", "run_beam"]

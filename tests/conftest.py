@@ -16,3 +16,10 @@ def real_data() -> Path:
     if not REAL_DATA.exists():
         pytest.skip(f"real datasets not found at {REAL_DATA} (set STEPNORM_REAL_DATA); generated-data tests cover every feature")
     return REAL_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _values_cache(tmp_path_factory):
+    """Tests never write to the user's cache: the values cache lives in the session's tmp dir."""
+    os.environ["STEPNORM_CACHE"] = str(tmp_path_factory.mktemp("stepnorm-cache"))
+    yield

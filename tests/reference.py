@@ -1,7 +1,11 @@
 """Independent reference implementations for tests: materialize every valid chunk entry with
-plain loops, then two-pass float64 moments and exact empirical quantile ranks."""
+plain loops, then two-pass float64 moments, exact order statistics (a sort of all valid entries)
+and exact empirical quantile ranks."""
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -37,6 +41,25 @@ def two_pass(values):
     return n, mean, std, values.min(axis=0), values.max(axis=0)
 
 
+def exact_quantile(values, q, weights=None):
+    """The documented rule, numpy's ``inverted_cdf``: the ``max(0, ceil(n*q - 1))``-th entry of the
+    sorted values (0-based). With ``weights`` (a probability mass per entry, as Fractions or
+    floats): the smallest sorted value whose total mass at or below it is >= q, summed exactly."""
+    values = np.asarray(values, np.float64)
+    if weights is None:
+        return float(np.sort(values)[max(0, math.ceil(len(values) * q - 1))])
+    order = np.argsort(values, kind="stable")
+    mass = [Fraction(w) for w in weights]
+    goal = Fraction(q) * sum(mass)
+    total = Fraction(0)
+    for pos, i in enumerate(order):
+        total += mass[i]
+        last_of_value = pos + 1 == len(order) or values[order[pos + 1]] != values[i]
+        if last_of_value and total >= goal:
+            return float(values[i])
+    raise AssertionError("weights sum below q")
+
+
 def rank_error(values, reported, q, weights=None):
     """Distance of ``q`` from the empirical rank interval of ``reported`` among ``values``.
 
@@ -68,4 +91,6 @@ def assert_stats_match(stats, values, quantiles, rtol=1e-9, tol=RANK_TOL, label=
             err = rank_error(values[:, d], stats[key][d], q)
             worst = max(worst, err)
             assert err <= tol, f"{label} {key} dim {d}: rank error {err} > {tol}"
+            expected = exact_quantile(values[:, d], q)
+            assert stats[key][d] == expected, f"{label} {key} dim {d}: {stats[key][d]!r} != exact {expected!r}"
     return worst

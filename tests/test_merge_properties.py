@@ -1,15 +1,19 @@
-"""Property tests: any split of the episodes, merged in any order, gives the same statistics."""
+"""Property tests: any split of the episodes, merged in any order, gives the same statistics
+(quantiles identical and equal to the exact order statistics, also when the bracketing samples
+hold only part of each cell)."""
 
 import numpy as np
 from gen import make_episodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import chunk_entries, rank_error
+from reference import chunk_entries, exact_quantile, rank_error
 
 from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator
 
 Q = [0.01, 0.5, 0.99]
 SPEC = AccumulatorSpec(5, (True, False, False))
+# A tiny bracketing sample, so the count/collect passes and window widening run on every cell.
+SMALL = AccumulatorSpec(5, (True, False, False), sketch_k=16)
 EPISODES = make_episodes(seed=21, n=40, dim=3, state_dim=3, min_len=1, max_len=40, heavy=True)
 WHOLE = ChunkStatsAccumulator(SPEC, "p")
 for _a, _s in EPISODES:
@@ -18,11 +22,26 @@ WHOLE_OUT = WHOLE.finalize().to_dict(Q)
 PER_K = chunk_entries(EPISODES, 5, SPEC.delta_mask)
 
 
-def _accumulate(indices):
-    acc = ChunkStatsAccumulator(SPEC, "p")
+def _accumulate(indices, spec=SPEC):
+    acc = ChunkStatsAccumulator(spec, "p")
     for i in indices:
         acc.add_episode(*EPISODES[i])
     return acc
+
+
+def _merge_all(accs, tree):
+    if tree:  # pairwise tree merge, through serialized bytes
+        while len(accs) > 1:
+            nxt = []
+            for i in range(0, len(accs), 2):
+                left = ChunkStatsAccumulator.from_bytes(accs[i].to_bytes())
+                nxt.append(left.merge(accs[i + 1]) if i + 1 < len(accs) else left)
+            accs = nxt
+        return accs[0]
+    total = accs[0]
+    for acc in accs[1:]:
+        total.merge(acc)
+    return total
 
 
 @st.composite
@@ -47,19 +66,7 @@ def _close(a, b, rtol=1e-12):
 @given(splits())
 def test_any_split_any_order_same_moments_and_quantiles_within_bound(split):
     parts, order, tree = split
-    accs = [_accumulate(parts[p]) for p in order]
-    if tree:  # pairwise tree merge, through serialized bytes
-        while len(accs) > 1:
-            nxt = []
-            for i in range(0, len(accs), 2):
-                left = ChunkStatsAccumulator.from_bytes(accs[i].to_bytes())
-                nxt.append(left.merge(accs[i + 1]) if i + 1 < len(accs) else left)
-            accs = nxt
-        total = accs[0]
-    else:
-        total = accs[0]
-        for acc in accs[1:]:
-            total.merge(acc)
+    total = _merge_all([_accumulate(parts[p]) for p in order], tree)
     out = total.finalize().to_dict(Q)
     assert out["num_episodes"] == len(EPISODES)
     for kind in ("global", "per_timestep", "pooled"):
@@ -76,6 +83,58 @@ def test_any_split_any_order_same_moments_and_quantiles_within_bound(split):
         for d in range(3):
             for q in Q:
                 assert rank_error(PER_K[k][:, d], pt[f"q{int(round(q * 100)):02d}"][k, d], q) <= 0.002
+    for kind in ("global", "per_timestep", "pooled"):
+        for q in Q:
+            key = f"q{int(round(q * 100)):02d}"
+            np.testing.assert_array_equal(out["action"][kind][key], WHOLE_OUT["action"][kind][key])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(splits())
+def test_any_split_any_order_identical_exact_quantiles_with_partial_samples(split):
+    parts, order, tree = split
+    total = _merge_all([_accumulate(parts[p], SMALL) for p in order], tree)
+    total.flush()
+    assert all(s.truncated for s in total.groups["tail"].samples.samples)
+    out = total.finalize(data=EPISODES).to_dict(Q)
+    pooled = np.concatenate([v for v in PER_K if len(v)])
+    states = np.concatenate([s for _, s in EPISODES])
+    for q in Q:
+        key = f"q{int(round(q * 100)):02d}"
+        for d in range(3):
+            for k in range(5):
+                if len(PER_K[k]):
+                    assert out["action"]["per_timestep"][key][k, d] == exact_quantile(PER_K[k][:, d], q)
+            assert out["action"]["global"][key][d] == exact_quantile(PER_K[0][:, d], q)
+            assert out["action"]["pooled"][key][d] == exact_quantile(pooled[:, d], q)
+            assert out["state"]["global"][key][d] == exact_quantile(states[:, d], q)
+        # and identical to the whole-data accumulator with the default sample (no passes needed there)
+        for kind in ("global", "per_timestep", "pooled"):
+            np.testing.assert_array_equal(out["action"][kind][key], WHOLE_OUT["action"][kind][key])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=300),
+       st.integers(1, 6), st.sampled_from([1, 2, 4, 64]))
+def test_distinct_samples_merge_to_the_same_sample_in_any_split(values, n_parts, k):
+    """Bottom-k distinct sample: same values, counts and truncation flag however it is split."""
+    from stepnorm.stats.exact import DistinctSample
+
+    values = np.asarray(values, np.float64)
+    whole = DistinctSample(k)
+    whole.add(values)
+    parts = [DistinctSample(k) for _ in range(n_parts)]
+    for i, v in enumerate(values):
+        parts[i % n_parts].add(np.asarray([v]))
+    merged = parts[-1]
+    for p in reversed(parts[:-1]):
+        merged.merge(p)
+    np.testing.assert_array_equal(merged.values, whole.values)
+    np.testing.assert_array_equal(merged.counts, whole.counts)
+    assert merged.truncated == whole.truncated == (len(np.unique(values)) > k)
+    uniq, counts = np.unique(values, return_counts=True)
+    for v, c in zip(merged.values, merged.counts):
+        assert c == counts[np.searchsorted(uniq, v)]  # kept values carry their exact count
 
 
 @settings(max_examples=15, deadline=None)

@@ -102,19 +102,31 @@ def test_cache_reuse_and_invalidation(sample_dir, tmp_path, capsys):
     shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
     assert run() == {"sim_pick": "reused", "real_pick": "computed"}
-    # a transform on one dataset
+    # a transform on one dataset: applied to the cached values, no data read
+    before = json.loads((Path(out) / "stats.json").read_text())
     cfg["datasets"][1]["transforms"] = [{"name": "invert_gripper", "args": {"dim": 6, "low": 0.0, "high": 1.0}}]
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert run() == {"sim_pick": "reused", "real_pick": "computed"}
+    assert run() == {"sim_pick": "reused", "real_pick": "reused"}
+    after = json.loads((Path(out) / "stats.json").read_text())
+    assert after["datasets"]["real_pick"]["fingerprint"] != before["datasets"]["real_pick"]["fingerprint"]
+    assert after["datasets"]["real_pick"]["action"]["global"]["mean"][6] != before["datasets"]["real_pick"]["action"]["global"]["mean"][6]
     # a new dataset: only it is read
     cfg["datasets"].append(dict(cfg["datasets"][0], name="sim_pick_val", split="val"))
     cfg_path.write_text(yaml.safe_dump(cfg))
     assert run() == {"sim_pick": "reused", "real_pick": "reused", "sim_pick_val": "computed"}
-    # statistics config change invalidates everything; --force recomputes everything
+    # --force reads everything again
     assert run("--force") == {"sim_pick": "computed", "real_pick": "computed", "sim_pick_val": "computed"}
+    # a statistics config change reads no data: the values come from the cache, and the artifact
+    # equals a from-scratch run bit for bit
     cfg["horizon"] = 4
     cfg_path.write_text(yaml.safe_dump(cfg))
-    assert set(run().values()) == {"computed"}
+    assert set(run().values()) == {"reused"}
+    reused = json.loads((Path(out) / "stats.json").read_text())
+    assert reused["horizon"] == 4
+    run("--force")
+    fresh = json.loads((Path(out) / "stats.json").read_text())
+    reused.pop("created"), fresh.pop("created")
+    assert reused == fresh
 
 
 def _expect_error(args, capsys, pattern, out_dir):

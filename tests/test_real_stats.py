@@ -40,12 +40,11 @@ def test_lerobot_statistics_match_reference(real_data, name, action_key, state_k
     dim = ref_eps[0][0].shape[1]
     delta_mask = tuple([True] * (dim - 1) + [False]) if delta else None
     acc = ChunkStatsAccumulator(AccumulatorSpec(horizon, delta_mask), name)
-    n = 0
-    for ep in iter_lerobot_episodes(root, dataset=name, action_key=action_key, state_key=state_key):
+    episodes = list(iter_lerobot_episodes(root, dataset=name, action_key=action_key, state_key=state_key))
+    for ep in episodes:
         acc.add_episode(ep.action, ep.state, source=ep.source)
-        n += 1
-    assert n == len(ref_eps)
-    out = acc.finalize().to_dict(Q)
+    assert len(episodes) == len(ref_eps)
+    out = acc.finalize(data=episodes).to_dict(Q)
     per_k = chunk_entries(ref_eps, horizon, delta_mask)
     for k in (0, 1, horizon // 2, horizon - 1):
         assert_stats_match({f: v[k] for f, v in out["action"]["per_timestep"].items()}, per_k[k], Q,

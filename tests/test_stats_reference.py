@@ -1,9 +1,11 @@
 """Every statistic of the accumulator against the independent reference in reference.py."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from gen import make_episodes
-from reference import assert_stats_match, chunk_entries, rank_error, two_pass
+from reference import assert_stats_match, chunk_entries, exact_quantile, rank_error, two_pass
 
 from stepnorm.errors import InputDataError, NonFiniteError
 from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator, combine
@@ -15,6 +17,7 @@ def compute(episodes, horizon, delta_mask=None, name="gen"):
     acc = ChunkStatsAccumulator(AccumulatorSpec(horizon, None if delta_mask is None else tuple(delta_mask)), name)
     for action, state in episodes:
         acc.add_episode(action, state)
+    acc.data = episodes  # read again by the exact-quantile passes
     return acc, acc.finalize().to_dict(Q)
 
 
@@ -73,10 +76,14 @@ def test_heavy_tailed_many_values_quantile_rank_error():
     for k in (0, 7, 15):
         for d in range(3):
             for q in (0.01, 0.99):
-                worst = max(worst, rank_error(per_k[k][:, d], out["action"]["per_timestep"][f"q{int(q*100):02d}"][k, d], q))
+                got = out["action"]["per_timestep"][f"q{int(q*100):02d}"][k, d]
+                worst = max(worst, rank_error(per_k[k][:, d], got, q))
+                assert got == exact_quantile(per_k[k][:, d], q)
     assert worst <= 0.002
-    # enough data that the sketches are in estimation mode (not trivially exact)
+    # enough data that the bracketing samples hold a small part of each cell (the passes run)
     assert out["action"]["per_timestep"]["count"][0] > 30_000
+    acc.flush()
+    assert all(s.truncated for s in acc.groups["tail"].samples.samples)
 
 
 def test_float32_large_mean_tiny_std_is_exact_to_1e9():
@@ -165,6 +172,7 @@ def test_combine_mixture_weights_each_dataset_distribution():
         values = np.concatenate([ka[k], kb[k]])
         weights = np.concatenate([np.full(len(ka[k]), wa / (wa + wb) / len(ka[k])),
                                   np.full(len(kb[k]), wb / (wa + wb) / len(kb[k]))])
+        exact_mass = [Fraction(wa) / len(ka[k])] * len(ka[k]) + [Fraction(wb) / len(kb[k])] * len(kb[k])
         mean = (weights[:, None] * values).sum(0) / weights.sum()
         var = (weights[:, None] * (values - mean) ** 2).sum(0) / weights.sum()
         got = {f: v[k] for f, v in out["action"]["per_timestep"].items()}
@@ -174,6 +182,7 @@ def test_combine_mixture_weights_each_dataset_distribution():
         for q in Q:
             for d in range(2):
                 assert rank_error(values[:, d], got[f"q{int(round(q*100)):02d}"][d], q, weights) <= 0.002
+                assert got[f"q{int(round(q*100)):02d}"][d] == exact_quantile(values[:, d], q, exact_mass)
         assert got["count"] == len(values)
 
 
@@ -185,3 +194,66 @@ def test_mixture_with_zero_weight_dataset_excludes_it():
     ref = compute(a, 3)[1]
     np.testing.assert_allclose(out["action"]["global"]["mean"], ref["action"]["global"]["mean"], rtol=1e-12)
     assert out["action"]["global"]["max"].max() < 50
+
+
+def _hard_episodes(seed, shift=0.0):
+    """Length-1 and shorter-than-H episodes, heavy tails, ties, a constant dim, |mean|/std = 1e6."""
+    rng = np.random.default_rng(seed)
+    episodes = make_episodes(seed=seed, n=40, dim=4, state_dim=4, min_len=1, max_len=30, heavy=True)
+    out = []
+    for i, (a, s) in enumerate(episodes):
+        a = a.copy()
+        a[:, 1] = np.round(a[:, 1])                      # heavy ties
+        a[:, 2] = 7.0                                      # constant dim
+        a[:, 3] = 1e6 + rng.normal(size=len(a))            # |mean| / std = 1e6
+        out.append((a[:1] if i == 0 else a, s[:1] if i == 0 else s))
+    return [(a + shift, s) for a, s in out]
+
+
+@pytest.mark.parametrize("k", [4, 64, 2000])
+@pytest.mark.parametrize("weighting", ["samples", "mixture"])
+def test_every_quantile_is_the_exact_order_statistic_on_hard_cases(k, weighting):
+    horizon, mask = 6, (True, False, False, False)
+    a, b = _hard_episodes(31), _hard_episodes(32, shift=3.0)
+    accs = []
+    for eps in (a, b):
+        acc = ChunkStatsAccumulator(AccumulatorSpec(horizon, mask, sketch_k=k), "hard")
+        for x, s in eps:
+            acc.add_episode(x, s)
+        accs.append(acc)
+    fa, fb = accs[0].finalize(data=a), accs[1].finalize(data=b)
+    wa, wb = 2.0, 0.5
+    out = combine([(fa, wa), (fb, wb)], weighting).to_dict(Q)
+    own = fa.to_dict(Q)
+    ka, kb = chunk_entries(a, horizon, mask), chunk_entries(b, horizon, mask)
+    pooled_a, pooled_b = np.concatenate(ka), np.concatenate(kb)
+    blocks = [(out["action"]["per_timestep"], [(ka[j], kb[j]) for j in range(horizon)]),
+              (out["action"]["pooled"], (pooled_a, pooled_b)),
+              (out["action"]["global"], (ka[0], kb[0]))]
+    for q in Q:
+        key = f"q{int(round(q * 100)):02d}"
+        for d in range(4):
+            for j in range(horizon):
+                assert own["action"]["per_timestep"][key][j, d] == exact_quantile(ka[j][:, d], q)
+            assert own["action"]["pooled"][key][d] == exact_quantile(pooled_a[:, d], q)
+            for block, parts in blocks:
+                rows = parts if isinstance(parts, list) else [parts]
+                for j, (va, vb) in enumerate(rows):
+                    got = block[key][j, d] if isinstance(parts, list) else block[key][d]
+                    values = np.concatenate([va[:, d], vb[:, d]])
+                    mass = None
+                    if weighting == "mixture":
+                        mass = [Fraction(wa) / len(va)] * len(va) + [Fraction(wb) / len(vb)] * len(vb)
+                    assert got == exact_quantile(values, q, mass), (key, d, j)
+
+
+def test_empty_episodes_in_the_data_passes():
+    episodes = make_episodes(seed=41, n=30, dim=2, min_len=1, max_len=30)
+    episodes.insert(5, (np.zeros((0, 2)), np.zeros((0, 5))))
+    acc = ChunkStatsAccumulator(AccumulatorSpec(4, sketch_k=8), "e")
+    for a, s in episodes:
+        acc.add_episode(a, s)
+    out = acc.finalize(data=episodes).to_dict(Q)
+    per_k = chunk_entries([e for e in episodes if len(e[0])], 4)
+    for q in Q:
+        assert out["action"]["global"][f"q{int(round(q * 100)):02d}"][0] == exact_quantile(per_k[0][:, 0], q)

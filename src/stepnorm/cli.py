@@ -31,7 +31,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     print(f"stepnorm stats: {len(cfg.datasets)} datasets, H={cfg.horizon}, weighting={cfg.weighting}")
-    result = run_stats(cfg, args.out, args.beam_args, force=args.force)
+    result = run_stats(cfg, args.out, args.beam_args, force=args.force, cache=args.cache)
     print(f"stats artifact: {result.stats_path} ({result.seconds:.1f}s)")
     return 0
 
@@ -82,6 +82,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from stepnorm import values
+
+    cache = values.ValuesCache(args.cache)
+    if args.action == "ls":
+        for line in values.list_entries(cache):
+            print(line)
+        return 0
+    if args.action == "rm":
+        n, freed = values.remove_entries(cache, args.keys, args.dataset)
+    else:
+        max_bytes = None if args.max_size is None else values.parse_size(args.max_size)
+        n, freed = values.prune_entries(cache, args.older_than, max_bytes)
+    print(f"removed {n} entries ({values.format_size(freed)}) from {cache.values_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stepnorm", description="Per-timestep action-chunk statistics for robot datasets")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error (and Beam's logs)")
@@ -90,8 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="per-dataset and combined statistics artifact (Beam)")
     p.add_argument("config")
     p.add_argument("--out", required=True, help="artifact directory")
-    p.add_argument("--force", action="store_true", help="recompute every dataset (ignore cached accumulators)")
+    p.add_argument("--force", action="store_true", help="read every dataset again (rebuild its values cache entry)")
+    p.add_argument("--cache", default=None,
+                   help="values cache directory (default $STEPNORM_CACHE, else $XDG_CACHE_HOME/stepnorm or ~/.cache/stepnorm)")
     p.set_defaults(func=_stats, accepts_beam_options=True)
+
+    p = sub.add_parser("cache", help="the values cache: ls, rm (entries or a dataset's), prune (by age or size)")
+    p.add_argument("action", choices=["ls", "rm", "prune"])
+    p.add_argument("keys", nargs="*", help="rm: entry keys (or prefixes) as `cache ls` prints them")
+    p.add_argument("--cache", default=None, help="values cache directory (default as for `stepnorm stats`)")
+    p.add_argument("--dataset", default=None, help="rm: every entry of this dataset name")
+    p.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="prune: entries unused this long")
+    p.add_argument("--max-size", default=None, metavar="SIZE",
+                   help="prune: least recently used entries until at most SIZE (e.g. 20G) remain")
+    p.set_defaults(func=_cache)
 
     p = sub.add_parser("normalize", help="write pre-normalized TFDS datasets (Beam)")
     p.add_argument("config")

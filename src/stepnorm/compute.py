@@ -10,6 +10,7 @@ from stepnorm.config import Config
 from stepnorm.errors import InputDataError
 from stepnorm.sources.base import Episode
 from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator, combine
+from stepnorm.stats.combine import resolve_all
 
 
 def accumulator_spec(cfg: Config) -> AccumulatorSpec:
@@ -18,10 +19,13 @@ def accumulator_spec(cfg: Config) -> AccumulatorSpec:
 
 
 def accumulate(cfg: Config, name: str, episodes: Iterable[Episode]) -> ChunkStatsAccumulator:
-    """One dataset's accumulator from its episodes (in-process; Beam does the same per bundle)."""
+    """One dataset's accumulator from its episodes (in-process; kept as ``acc.data`` so the exact
+    quantiles can read them again)."""
     acc = ChunkStatsAccumulator(accumulator_spec(cfg), name)
+    episodes = list(episodes)
     for ep in episodes:
         acc.add_episode(ep.action, ep.state, source=ep.source)
+    acc.data = episodes
     return acc
 
 
@@ -55,6 +59,8 @@ def artifact_from_accumulators(cfg: Config, accumulators: Mapping[str, ChunkStat
         raise InputDataError(cfg.path, f"action/state dims differ across datasets ({listing}); "
                                        f"standardize them with transforms (select_dims)")
     combined = combine([(finals[ds.name], ds.weight) for ds in cfg.datasets], cfg.weighting)
+    # All exact quantiles in one set of passes over each dataset's data.
+    resolve_all([c for f in [*finals.values(), combined] for c in f.blocks], cfg.quantiles)
     return build_artifact(
         config=cfg.resolved(), horizon=cfg.horizon, quantiles=cfg.quantiles, weighting=cfg.weighting,
         datasets={ds.name: (finals[ds.name], {"fingerprint": fingerprints[ds.name], "domain": ds.domain,

@@ -45,3 +45,7 @@ class StaleArtifactError(ArtifactError):
 
 class OutputError(StepnormError):
     """An output path stepnorm must not write to (it holds foreign files, is an input, or is busy)."""
+
+
+class CacheError(StepnormError):
+    """A cache entry is corrupt or of an unknown format (``--force`` rebuilds it)."""

@@ -19,7 +19,8 @@ from stepnorm.paths import is_remote
 from stepnorm.sources.base import Episode
 from stepnorm.sources.transforms import apply_transforms, build_transforms, transform_identity
 
-__all__ = ["Episode", "ReadTask", "check_widths", "dataset_fingerprint", "declared_widths", "read_tasks", "read_task"]
+__all__ = ["Episode", "ReadTask", "check_widths", "dataset_fingerprint", "dataset_values_key", "declared_widths",
+           "read_tasks", "read_task", "task_values_keys"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ def read_tasks(ds: DatasetConfig) -> list[ReadTask]:
     return [ReadTask(ds.name, ds.path)]
 
 
-def read_task(ds: DatasetConfig, task: ReadTask, *, image_keys=(), keep_serialized: bool = False) -> Iterator[Episode]:
-    """Episodes of one task, transforms applied."""
-    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
+def read_task(ds: DatasetConfig, task: ReadTask, *, image_keys=(), keep_serialized: bool = False,
+              transform: bool = True) -> Iterator[Episode]:
+    """Episodes of one task, the dataset's transforms applied (unless ``transform=False``)."""
+    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms") if transform else []
     if ds.format == "rlds":
         from stepnorm.sources.rlds import ShardRead, iter_shard_episodes
 
@@ -143,7 +145,12 @@ def _first_file(ds: DatasetConfig) -> str:
 
 
 def _file_identity(path: str) -> dict:
-    """Name, size and modification time: changes whenever a file is rewritten, without reading it."""
+    """What identifies a file's content without reading it (the one identity the cache keys use).
+
+    Local: name, size, mtime, ctime and inode (a rewrite in place changes ctime, which a user
+    cannot set back; a copy has another inode). Remote: name, size and mtime (gs:// generation and
+    CRC32C are not used yet).
+    """
     if is_remote(path):
         import tensorflow as tf
 
@@ -153,7 +160,8 @@ def _file_identity(path: str) -> dict:
         stat = os.stat(path)
     except OSError as exc:
         raise InputDataError(path, f"cannot stat ({exc.strerror})") from None
-    return {"file": os.path.basename(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"file": os.path.basename(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
 
 def _metadata_hash(ds: DatasetConfig) -> str:
@@ -171,27 +179,43 @@ def _metadata_hash(ds: DatasetConfig) -> str:
     return digest.hexdigest()
 
 
-def dataset_fingerprint(cfg: Config, ds: DatasetConfig) -> str:
-    """The cache key of a dataset's accumulator.
+VALUES_FORMAT = 2
 
-    Covers the content identity of every data file the split reads (name, size, mtime) and of the
-    metadata files (hashed), the split and keys, the transforms (name, arguments and the hash of
-    their source) and the statistics config. Reads no data.
+
+def task_values_keys(ds: DatasetConfig) -> list[tuple[ReadTask, str]]:
+    """Each read task of the dataset's split with the cache key of its numeric values.
+
+    A key covers what the task reads: the identity of its data file(s) (``_file_identity``; an
+    RLDS task reads one shard, a LeRobot task the dataset's files), the part of the file it takes,
+    the metadata files (hashed), the keys read, the dataset name (the validators' image frames are
+    picked by it) and the values format. Not the transforms nor the statistics config, so changing
+    those reads no data; a new or changed file changes only its own tasks' keys. Reads no data.
     """
-    if ds.format == "rlds":
-        from stepnorm.sources.rlds import rlds_data_files
+    common = {"version": VALUES_FORMAT, "name": ds.name, "format": ds.format, "action_key": ds.action_key,
+              "state_key": ds.state_key, "image_keys": list(ds.image_keys) if ds.format == "rlds" else [],
+              "max_frames": ds.max_frames, "metadata": _metadata_hash(ds)}
+    out = []
+    for task in read_tasks(ds):
+        if ds.format == "rlds":
+            files = [task.locator]
+        else:
+            from stepnorm.sources.lerobot import lerobot_data_files
 
-        files = rlds_data_files(ds.path, ds.split)
-    else:
-        from stepnorm.sources.lerobot import lerobot_data_files
+            files = [str(f) for f in lerobot_data_files(ds.path)]
+        identity = dict(common, read=[task.skip, task.take, task.first_index],
+                        files=[_file_identity(f) for f in files])
+        out.append((task, hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()))
+    return out
 
-        files = [str(f) for f in lerobot_data_files(ds.path)]
-    identity = {
-        "format": ds.format, "split": ds.split, "action_key": ds.action_key, "state_key": ds.state_key,
-        "max_frames": ds.max_frames,
-        "files": [_file_identity(f) for f in files],
-        "metadata": _metadata_hash(ds),
-        "transforms": transform_identity(build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")),
-        "statistics": cfg.statistics_config(),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+def dataset_values_key(ds: DatasetConfig) -> str:
+    """One key for all of a dataset's values (its tasks' keys, in order)."""
+    return hashlib.sha256(json.dumps([k for _, k in task_values_keys(ds)]).encode()).hexdigest()
+
+
+def dataset_fingerprint(cfg: Config, ds: DatasetConfig) -> str:
+    """A dataset's fingerprint in the artifact: its values key, its transforms (name, arguments and
+    the hash of their source) and the statistics config."""
+    key = {"values": dataset_values_key(ds), "statistics": cfg.statistics_config(),
+           "transforms": transform_identity(build_transforms(ds.transforms, f"datasets.{ds.name}.transforms"))}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -102,6 +102,8 @@ class ChunkStatsAccumulator:
         self.action_dim: int | None = None
         self.state_dim: int | None = None
         self.groups: dict[str, CellGroup] = {}
+        # The episodes again, for the exact-quantile passes (see ``finalize``); never serialized.
+        self.data = None
 
     # -- layout -----------------------------------------------------------------------------
     @property
@@ -172,11 +174,11 @@ class ChunkStatsAccumulator:
         The exact-quantile passes read the data again through this, so they see exactly the
         entries the moments saw. ``action``/``state`` must match the accumulator's dims.
         """
-        action = np.asarray(action, np.float64).reshape(len(action), -1)
-        t_len = action.shape[0]
         out = {}
+        t_len = len(action)
         if t_len == 0:
             return out
+        action = np.asarray(action, np.float64).reshape(t_len, -1)
         h = self.spec.horizon
         plain, delta = self.plain_dims, self.delta_dims
         if len(plain):
@@ -272,12 +274,12 @@ class ChunkStatsAccumulator:
         """The statistics as a ``FinalStats`` (see stepnorm.stats.combine).
 
         ``data`` gives the episodes again (a sequence of ``(action, state)`` or Episodes, or a
-        callable returning an iterable of them) for the exact-quantile passes; it is needed only
-        when a cell holds more than ``spec.sketch_k`` distinct values.
+        callable returning an iterable of them) for the exact-quantile passes, default
+        ``self.data``; it is needed only when a cell holds more than ``spec.sketch_k`` distinct values.
         """
         from stepnorm.stats.combine import FinalStats
 
-        return FinalStats.from_accumulator(self, data)
+        return FinalStats.from_accumulator(self, data if data is not None else self.data)
 
 
 def _copy_group(group: CellGroup) -> CellGroup:

@@ -87,7 +87,11 @@ class CellStats:
 
 
 def resolve_all(cells: Sequence[CellStats], quantiles: Sequence[float]) -> None:
-    """Select the exact quantiles of all ``cells`` together (one set of passes over the data)."""
+    """Select the exact quantiles of all ``cells`` together (one set of passes over the data);
+    cells already resolved for these quantiles are skipped."""
+    cells = [c for c in cells if c._resolved != tuple(quantiles)]
+    if not cells:
+        return
     refs: dict[int, DataRef] = {}
     for c in cells:
         refs.update(c.refs)
@@ -169,6 +173,7 @@ class FinalStats:
 
     def to_dict(self, quantiles: Sequence[float]) -> dict:
         """``{"num_episodes", "num_steps", "action": {"global", "per_timestep", "pooled"}, "state": {"global"}}``."""
+        resolve_all(self.blocks, quantiles)  # every block's quantiles in one set of passes
         out = {"num_episodes": self.num_episodes, "num_steps": self.num_steps}
         if self.per_timestep is not None:
             out["action"] = {

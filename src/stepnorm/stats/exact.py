@@ -5,7 +5,9 @@ is the ``c``-th smallest entry with ``c = max(0, ceil(n*q - 1)) + 1`` (numpy's o
 ``np.quantile(x, q, method="inverted_cdf")`` agrees bit for bit). For the ``mixture`` weighting,
 dataset ``i`` gives each of its ``n_i`` entries probability ``p_i / n_i`` (``p_i`` its normalized
 weight) and the result is the smallest entry ``x`` with ``F(x) = sum_i p_i * #(x_i <= x) / n_i >= q``
-(numpy's weighted ``inverted_cdf``).
+(the weighted ``inverted_cdf``), evaluated in exact rational arithmetic: numpy's weighted
+``inverted_cdf`` gives the same except where its float cumulative sum rounds across an ``F(x)``
+that equals ``q`` exactly.
 
 How, in bounded memory and independent of how the data was split:
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,6 +48,13 @@ def value_hash(values: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * _M2
         z = (z ^ (z >> np.uint64(27))) * _M3
     return z ^ (z >> np.uint64(31))
+
+
+def _smallest_hashes(values: np.ndarray, k: int, hashes: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` distinct ``values`` of smallest hash. splitmix64 is a bijection of the
+    64-bit patterns, so distinct values have distinct hashes and the set is unique."""
+    hashes = value_hash(values) if hashes is None else hashes
+    return np.argpartition(hashes, k - 1)[:k] if k < len(values) else np.arange(len(values))
 
 
 def count_threshold(n: int, q: float) -> int:
@@ -97,10 +107,12 @@ class DistinctSample:
         total = np.zeros(len(uniq), np.int64)
         np.add.at(total, inverse, np.concatenate([self.counts, counts]))
         hashes = value_hash(uniq)
-        order = np.lexsort((uniq, hashes))
-        if len(order) > self.k:
-            order = order[: self.k]
+        if len(uniq) > self.k:
+            order = _smallest_hashes(uniq, self.k, hashes)
             self.truncated = True
+        else:
+            order = np.arange(len(uniq))
+        order = order[np.argsort(hashes[order])]
         self.values, self.counts, self.hashes = uniq[order], total[order], hashes[order]
 
     def copy(self) -> "DistinctSample":
@@ -206,28 +218,60 @@ class _Plan:
         if target.weights is None:
             self.p = None
         else:
-            w = np.asarray([target.weights[r] if self.n[i] > 0 else 0.0 for i, r in enumerate(self.ref_ids)])
-            self.p = w / w.sum() if w.sum() > 0 else w
-        # merged sample: distinct values and, per dataset column, the kept counts (exact where kept)
+            self.w = [float(target.weights[r]) if self.n[i] > 0 else 0.0 for i, r in enumerate(self.ref_ids)]
+            total = sum(self.w)
+            self.p = np.asarray(self.w) / total if total > 0 else np.asarray(self.w)  # for estimates only
+        # The target's own sample: all members' values when every member sample is complete (the
+        # whole histogram), else the k distinct values of smallest hash of the union, which is a
+        # uniform sample of the union's distinct values and, like any bottom-k value, carries its
+        # exact count from every member that holds it.
         vals = np.concatenate([s.values for _, s, _ in samples] + [np.zeros(0)])
-        self.edges = np.unique(vals)
-        self.sample_counts = np.zeros((len(self.edges), len(self.ref_ids)), np.int64)
-        for col, s, mult in samples:
-            if len(s.values):
-                np.add.at(self.sample_counts[:, col], np.searchsorted(self.edges, s.values), s.counts * mult)
+        counts = np.concatenate([s.counts * mult for _, s, mult in samples] + [np.zeros(0, np.int64)])
+        cols = np.concatenate([np.full(len(s.values), c, np.int64) for c, s, _ in samples] + [np.zeros(0, np.int64)])
+        edges, inverse = np.unique(vals, return_inverse=True)
+        n_cols = len(self.ref_ids)
+        # counts stay far below 2**53, so float64 bincount weights add them exactly
+        flat = np.bincount(inverse * n_cols + cols, weights=counts, minlength=len(edges) * n_cols)
+        sample_counts = np.rint(flat).astype(np.int64).reshape(len(edges), n_cols)
+        if not self.complete:
+            k = max(s.k for _, s, _ in samples)
+            if len(edges) > k:
+                keep = np.sort(_smallest_hashes(edges, k))
+                edges, sample_counts = edges[keep], sample_counts[keep]
+        self.edges, self.sample_counts = edges, sample_counts
         self.answer = np.full(len(self.qs), np.nan)
         self.state = ["todo" if self.n.sum() > 0 else "done"] * len(self.qs)
         self.window: list[tuple[int, int]] = [(0, 0)] * len(self.qs)
         self.interval: list[tuple[float, float, np.ndarray] | None] = [None] * len(self.qs)
 
-    def reached(self, counts: np.ndarray, qi: int) -> np.ndarray:
-        """For count rows ``[E, n_refs]`` (entries <= x per dataset): does x reach quantile ``qi``?"""
+    def first_reached(self, counts: np.ndarray, qi: int) -> int | None:
+        """For cumulative count rows ``[E, n_refs]`` (entries <= x per dataset, rising): the first
+        row whose x reaches quantile ``qi``, or None.
+
+        Mixture rows are compared in exact rational arithmetic (on the float weights and q as
+        they are), so a CDF that equals q exactly is never lost to rounding; F rises with the
+        rows, so a binary search needs only ~log2(E) exact evaluations.
+        """
+        if not len(counts):
+            return None
         q = self.qs[qi]
         if self.p is None:
-            return counts.sum(axis=1) >= count_threshold(int(self.n.sum()), q)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            frac = np.where(self.n > 0, counts / np.maximum(self.n, 1), 0.0)
-        return frac @ self.p >= q
+            hit = np.flatnonzero(counts.sum(axis=1) >= count_threshold(int(self.n.sum()), q))
+            return int(hit[0]) if len(hit) else None
+        weights = [(Fraction(w), int(n)) for w, n in zip(self.w, self.n)]
+        goal = Fraction(q) * sum(w for w, n in weights if n > 0)
+
+        def reached(row) -> bool:
+            return sum(w * Fraction(int(c), n) for (w, n), c in zip(weights, row) if n > 0) >= goal
+
+        lo, hi = 0, len(counts)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if reached(counts[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo if lo < len(counts) else None
 
     def solve_complete(self) -> None:
         """Every member's sample is its whole histogram: read the answers from it."""
@@ -235,8 +279,7 @@ class _Plan:
         for qi in range(len(self.qs)):
             if self.state[qi] == "done":
                 continue
-            hit = np.flatnonzero(self.reached(cum, qi))
-            self.answer[qi] = self.edges[hit[0]]
+            self.answer[qi] = self.edges[self.first_reached(cum, qi)]
             self.state[qi] = "done"
 
     def open_windows(self, full: bool) -> None:
@@ -271,16 +314,15 @@ class _Plan:
         lo, hi = self.window[qi]
         m = len(self.edges)
         edges = self.edges[lo:hi]
-        hit = np.flatnonzero(self.reached(le, qi)) if len(edges) else np.zeros(0, np.int64)
-        if not len(hit):
+        i = self.first_reached(le, qi)
+        if i is None:
             if hi < m and not full:
                 return  # the target lies above the window
             base = le[-1] if len(edges) else np.zeros(len(self.ref_ids), np.int64)
             self.interval[qi] = (edges[-1] if len(edges) else -np.inf, np.inf, base)
             self.state[qi] = "collect"
             return
-        i = int(hit[0])
-        if not self.reached(lt[i : i + 1], qi)[0]:
+        if self.first_reached(lt[i : i + 1], qi) is None:
             self.answer[qi] = edges[i]  # the edge value itself reaches the rank
             self.state[qi] = "done"
             return
@@ -303,10 +345,10 @@ class _Plan:
         counts = np.zeros((len(uniq), len(self.ref_ids)), np.int64)
         np.add.at(counts, (inverse, cols), mults)
         cum = np.cumsum(counts, axis=0) + base
-        hit = np.flatnonzero(self.reached(cum, qi))
-        if not len(hit):
+        i = self.first_reached(cum, qi)
+        if i is None:
             raise RuntimeError(f"exact quantile selection found no entry for q={self.qs[qi]} (counts disagree)")
-        self.answer[qi] = uniq[hit[0]]
+        self.answer[qi] = uniq[i]
         self.state[qi] = "done"
 
 

@@ -1,0 +1,259 @@
+"""The values cache: each read task's numeric values, read once, shared by every config and output.
+
+Statistics need only the numeric step fields (actions, states) and episode boundaries, a small
+part of an image dataset's bytes. The Beam stage writes them once per read task (an RLDS shard
+read; a LeRobot dataset); everything else (transforms, accumulators, exact quantiles, mixtures, the
+validators' sample) is computed from these entries, so changing the horizon, the ``delta_mask``,
+the quantiles, the weights or the weighting, a transform or its arguments, adding back a dataset
+or building another mixture of known datasets opens no data file, and a new or changed data file
+is the only one read.
+
+Layout (``ROOT`` from ``--cache``, else ``$STEPNORM_CACHE``, else ``$XDG_CACHE_HOME/stepnorm``,
+else ``~/.cache/stepnorm``)::
+
+    ROOT/values/<kk>/<key>.npz    one read task: actions and states as read (before transforms),
+                                  episode lengths/indices/sources, one image frame per episode and
+                                  camera (for the validators' sample); then a sha256 trailer
+    ROOT/values/<kk>/<key>.json   what the entry holds (dataset, file, episodes, steps) for
+                                  ``stepnorm cache ls``; its mtime is the entry's last use
+
+``<key>`` is ``stepnorm.sources.task_values_keys`` (file identity, the part read, keys, name,
+format version); ``<kk>`` its first two characters. An entry is written under a temporary name
+and renamed into place, so it is complete or absent; a checksum that disagrees is reported as a
+corrupt entry. Nothing is evicted except by ``stepnorm cache rm`` / ``stepnorm cache prune``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from stepnorm.errors import CacheError
+from stepnorm.samples import _frame_bytes
+from stepnorm.sources.base import Episode
+
+FORMAT_VERSION = 1
+TRAILER = b"stepnorm.values.sha256:"
+
+
+def default_cache_root() -> Path:
+    """``$STEPNORM_CACHE``, else ``$XDG_CACHE_HOME/stepnorm``, else ``~/.cache/stepnorm``."""
+    if os.environ.get("STEPNORM_CACHE"):
+        return Path(os.environ["STEPNORM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "stepnorm"
+
+
+class TaskValues:
+    """One read task's episodes as read (before transforms), in file order: actions, states,
+    indices, sources, and per image key the one frame the validators' sample may use."""
+
+    def __init__(self):
+        self.episodes: list = []
+
+    def add(self, episode) -> None:
+        self.episodes.append(episode)
+
+    def to_bytes(self) -> bytes:
+        eps = self.episodes
+        image_keys = sorted({k for ep in eps for k in ep.images})
+        arrays = {
+            "version": np.asarray(FORMAT_VERSION),
+            "lengths": np.asarray([ep.length for ep in eps], np.int64),
+            "indices": np.asarray([ep.index for ep in eps], np.int64),
+            "sources": np.asarray([str(ep.source) for ep in eps], dtype=str),
+            "image_keys": np.asarray(image_keys, dtype=str),
+        }
+        # Each episode keeps its own arrays: widths may differ between episodes (an error the
+        # accumulator reports naming the episode's source), and dtypes stay as read.
+        for i, ep in enumerate(eps):
+            arrays[f"a{i}"] = np.asarray(ep.action)
+            if ep.state is not None:
+                arrays[f"s{i}"] = np.asarray(ep.state)
+        for j, key in enumerate(image_keys):
+            frames = [_frame_bytes(ep.images[key][0]) if ep.images.get(key) else b"" for ep in eps]
+            arrays[f"img{j}.lengths"] = np.asarray([len(f) for f in frames], np.int64)
+            arrays[f"img{j}.data"] = np.frombuffer(b"".join(frames), np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class ValuesCache:
+    """The values entries under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.values_dir = self.root / "values"
+
+    def path(self, key: str) -> Path:
+        return self.values_dir / key[:2] / f"{key}.npz"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def write(self, key: str, values: TaskValues, dataset: str, locator: str) -> None:
+        """Store one task's values (atomically, with a checksum trailer); Beam workers call this."""
+        payload = values.to_bytes()
+        _atomic_write(self.path(key), payload + TRAILER + hashlib.sha256(payload).digest())
+        info = {"dataset": dataset, "file": locator, "episodes": len(values.episodes),
+                "steps": int(sum(ep.length for ep in values.episodes)), "bytes": len(payload)}
+        _atomic_write(self.path(key).with_suffix(".json"), json.dumps(info).encode())
+
+    def read(self, key: str) -> bytes:
+        """An entry's payload, checksum verified; marks the entry as used."""
+        path = self.path(key)
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise _corrupt(path, f"cannot read ({exc.strerror})") from None
+        cut = len(blob) - len(TRAILER) - 32
+        if cut < 0 or blob[cut:cut + len(TRAILER)] != TRAILER:
+            raise _corrupt(path, "no checksum trailer (truncated or not a stepnorm values file)")
+        payload = blob[:cut]
+        if hashlib.sha256(payload).digest() != blob[cut + len(TRAILER):]:
+            raise _corrupt(path, "checksum mismatch")
+        info = path.with_suffix(".json")
+        if info.exists():
+            os.utime(info)
+        return payload
+
+    def episodes(self, keys: list[str], dataset: str) -> Iterator[Episode]:
+        """Every episode of the entries ``keys`` in order, as read (before transforms), episodes in
+        file order; images hold the one frame per key the validators' sample may use."""
+        for key in keys:
+            try:
+                with np.load(io.BytesIO(self.read(key)), allow_pickle=False) as z:
+                    if int(z["version"]) != FORMAT_VERSION:
+                        raise ValueError(f"format version {int(z['version'])} is not {FORMAT_VERSION}")
+                    sources, indices = z["sources"], z["indices"]
+                    frames = {}
+                    for j, image_key in enumerate(z["image_keys"]):
+                        data = z[f"img{j}.data"].tobytes()
+                        offsets = np.concatenate([[0], np.cumsum(z[f"img{j}.lengths"])])
+                        frames[str(image_key)] = [data[offsets[e]:offsets[e + 1]] for e in range(len(offsets) - 1)]
+                    for e in range(len(z["lengths"])):
+                        images = {k: [f[e]] for k, f in frames.items() if f[e]}
+                        yield Episode(dataset, str(sources[e]), int(indices[e]), z[f"a{e}"],
+                                      z[f"s{e}"] if f"s{e}" in z else None, images)
+            except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+                raise _corrupt(self.path(key), f"unreadable ({exc})") from None
+
+    # -- inspection and eviction (``stepnorm cache``) ----------------------------------------------
+    def entries(self) -> list[dict]:
+        """Every entry: key, dataset, file, episodes, steps, bytes on disk, last use (epoch s)."""
+        out = []
+        for data in sorted(self.values_dir.glob("*/*.npz")):
+            info_path = data.with_suffix(".json")
+            try:
+                info = json.loads(info_path.read_text())
+                last = info_path.stat().st_mtime
+            except (OSError, ValueError):
+                info, last = {}, data.stat().st_mtime
+            out.append({"key": data.stem, "dataset": info.get("dataset", "?"), "file": info.get("file", "?"),
+                        "episodes": info.get("episodes"), "steps": info.get("steps"),
+                        "bytes": data.stat().st_size, "last_used": last})
+        return out
+
+    def remove(self, key: str) -> None:
+        for path in (self.path(key), self.path(key).with_suffix(".json")):
+            path.unlink(missing_ok=True)
+
+
+def _corrupt(path: Path, problem: str) -> CacheError:
+    return CacheError(str(path), f"corrupt values cache entry: {problem}; rerun with --force to rebuild it")
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"20G"``, ``"1.5T"`` or plain bytes -> bytes (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise CacheError(None, f"--max-size {text!r} is not a size (e.g. 500M, 20G)") from None
+    if not value >= 0:
+        raise CacheError(None, f"--max-size {text!r} must not be negative")
+    return int(value * units[unit])
+
+
+def list_entries(cache: ValuesCache) -> list[str]:
+    """``stepnorm cache ls``: one line per entry, then the total."""
+    import datetime as dt
+
+    entries = cache.entries()
+    lines = []
+    for e in sorted(entries, key=lambda e: (e["dataset"], e["file"], e["key"])):
+        used = dt.datetime.fromtimestamp(e["last_used"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        lines.append(f"{e['key'][:16]}  {e['dataset']:24s} {os.path.basename(str(e['file'])):40s} "
+                     f"{e['episodes'] if e['episodes'] is not None else '?':>7} episodes "
+                     f"{format_size(e['bytes']):>9}  used {used}")
+    lines.append(f"{len(entries)} entries, {format_size(sum(e['bytes'] for e in entries))} in {cache.values_dir}")
+    return lines
+
+
+def remove_entries(cache: ValuesCache, keys: list[str] = (), dataset: str | None = None) -> tuple[int, int]:
+    """``stepnorm cache rm``: entries whose key starts with one of ``keys`` or of ``dataset``.
+
+    Returns (entries removed, bytes freed)."""
+    if not keys and dataset is None:
+        raise CacheError(None, "cache rm needs KEY... or --dataset NAME (see `stepnorm cache ls`)")
+    gone = [e for e in cache.entries()
+            if (dataset is not None and e["dataset"] == dataset) or any(e["key"].startswith(k) for k in keys)]
+    for e in gone:
+        cache.remove(e["key"])
+    return len(gone), sum(e["bytes"] for e in gone)
+
+
+def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_bytes: int | None = None,
+                  now: float | None = None) -> tuple[int, int]:
+    """``stepnorm cache prune``: entries not used for ``older_than_days``, then the least recently
+    used ones until the cache holds at most ``max_bytes``. Returns (entries removed, bytes freed)."""
+    import time
+
+    if older_than_days is None and max_bytes is None:
+        raise CacheError(None, "cache prune needs --older-than DAYS and/or --max-size SIZE")
+    now = time.time() if now is None else now
+    entries = sorted(cache.entries(), key=lambda e: (e["last_used"], e["key"]))
+    gone = []
+    if older_than_days is not None:
+        gone = [e for e in entries if now - e["last_used"] > older_than_days * 86400]
+    if max_bytes is not None:
+        kept = [e for e in entries if e not in gone]
+        total = sum(e["bytes"] for e in kept)
+        for e in kept:  # least recently used first
+            if total <= max_bytes:
+                break
+            gone.append(e)
+            total -= e["bytes"]
+    for e in gone:
+        cache.remove(e["key"])
+    return len(gone), sum(e["bytes"] for e in gone)

@@ -1,0 +1,252 @@
+"""Deterministic statistics and the values cache, end to end through `stepnorm stats`.
+
+- stats.json is the same bytes (apart from ``created``) for a rerun, a cache reuse, ``--force`` and
+  the multi_processing runner with 2 workers;
+- the same episodes as 1 or 7 shards, or in another order: identical counts, min, max and
+  quantiles, moments within 1e-15 relative;
+- a change of weights, weighting, horizon, delta_mask, quantiles or a transform's arguments, adding
+  back a dataset, or a second mixture into another --out reads no data file (the readers are
+  patched to fail) and gives the same bytes as a from-scratch run;
+- a corrupt cache entry is exit 2 with one line and a --force hint.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stepnorm.cli import main
+
+N_EPISODES = 21
+
+
+def _episodes():
+    rng = np.random.default_rng(2026)
+    out = []
+    for i in range(N_EPISODES):
+        t_len = 1 if i == 3 else int(rng.integers(2, 40))
+        action = np.cumsum(rng.standard_t(2.0, size=(t_len, 4)) * 0.1, axis=0).astype(np.float32)
+        action[:, 3] = np.round(action[:, 3])  # ties
+        state = rng.normal(size=(t_len, 4)).astype(np.float32)
+        out.append({"steps": {"action": action, "observation": {"state": state}}})
+    return out
+
+
+def _write(root: Path, name: str, episodes, shards: int) -> str:
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({"steps": tfds.features.Dataset({
+        "action": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        "observation": {"state": tfds.features.Tensor(shape=(4,), dtype=np.float32)}})})
+    builder = tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="1.0.0", features=features, split_datasets={"train": list(enumerate(episodes))},
+        data_dir=str(root), disable_shuffling=True, download_config=tfds.download.DownloadConfig(num_shards=shards))
+    return str(builder.data_dir)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    eps = _episodes()
+    paths = {"one": _write(root, "one", eps, 1), "seven": _write(root, "seven", eps, 7),
+             "reversed": _write(root, "reversed", eps[::-1], 1)}
+    assert len(list(Path(paths["seven"]).glob("*.tfrecord*"))) == 7
+    return paths
+
+
+def _config(path: Path, datasets: dict, **extra) -> Path:
+    cfg = {"horizon": 5, "quantiles": [0.01, 0.5, 0.99], "delta_mask": [True, True, False, False],
+           "normalization": {"action": {"mode": "q01_q99"}},
+           "datasets": [{"name": name, "format": "rlds", "path": p, "weight": 1.0 + i,
+                         "action_key": "action", "state_key": "observation/state"}
+                        for i, (name, p) in enumerate(datasets.items())]}
+    cfg.update(extra)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _stats(cfg: Path, out: Path, *extra, capsys=None) -> str:
+    if capsys:
+        capsys.readouterr()
+    assert main(["stats", str(cfg), "--out", str(out), *extra]) == 0
+    return capsys.readouterr().out if capsys else ""
+
+
+def _bytes(out: Path) -> str:
+    """stats.json's text with the ``created`` timestamp blanked (the one field allowed to differ)."""
+    return re.sub(r'"created": "[^"]*"', '"created": ""', (out / "stats.json").read_text())
+
+
+def test_bit_identical_across_rerun_reuse_force_and_multi_processing(datasets, tmp_path):
+    cfg = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]})
+    _stats(cfg, tmp_path / "a", "--cache", str(tmp_path / "cache1"))
+    first = _bytes(tmp_path / "a")
+    _stats(cfg, tmp_path / "a", "--cache", str(tmp_path / "cache1"))          # everything reused
+    assert _bytes(tmp_path / "a") == first
+    _stats(cfg, tmp_path / "a", "--cache", str(tmp_path / "cache1"), "--force")
+    assert _bytes(tmp_path / "a") == first
+    _stats(cfg, tmp_path / "b", "--cache", str(tmp_path / "cache2"), "--direct_running_mode", "multi_processing",
+           "--direct_num_workers", "2")
+    assert _bytes(tmp_path / "b") == first
+
+
+def _close(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-15 * np.nanmax(np.abs(b)))
+
+
+def test_shards_and_episode_order_do_not_change_the_statistics(datasets, tmp_path):
+    blocks = {}
+    for name in ("one", "seven", "reversed"):
+        cfg = _config(tmp_path / f"{name}.yaml", {"pick": datasets[name]})
+        _stats(cfg, tmp_path / name)
+        blocks[name] = json.loads((tmp_path / name / "stats.json").read_text())["datasets"]["pick"]
+    # a bracketing sample of 16 values per cell (the exact passes over the cached values run on
+    # every cell) gives the same quantiles as one that holds every value
+    cfg = _config(tmp_path / "small.yaml", {"pick": datasets["seven"]}, sketch_k=16)
+    _stats(cfg, tmp_path / "small")
+    blocks["small"] = json.loads((tmp_path / "small" / "stats.json").read_text())["datasets"]["pick"]
+    # same episodes in the same order (1 vs 7 files): the same numbers, bit for bit
+    for key in ("action", "state"):
+        assert blocks["seven"][key] == blocks["one"][key] == blocks["small"][key]
+    other = blocks["reversed"]
+    for key, kinds in (("action", ("global", "per_timestep", "pooled")), ("state", ("global",))):
+        for kind in kinds:
+            got, ref = other[key][kind], blocks["one"][key][kind]
+            for field in ("count", "min", "max", "q01", "q50", "q99"):
+                assert got[field] == ref[field], (key, kind, field)
+            for field in ("mean", "std"):
+                _close(got[field], ref[field])
+
+
+def _forbid_reading(monkeypatch):
+    import stepnorm.sources.lerobot as lerobot
+    import stepnorm.sources.rlds as rlds
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a data file was opened")
+
+    monkeypatch.setattr(rlds, "iter_shard_episodes", fail)
+    monkeypatch.setattr(lerobot, "iter_lerobot_episodes", fail)
+
+
+CHANGES = {
+    "weights": lambda c: c["datasets"][0].update(weight=5.0),
+    "weighting": lambda c: c.update(weighting="mixture"),
+    "horizon": lambda c: c.update(horizon=3),
+    "delta_mask": lambda c: c.update(delta_mask=[False, True, True, False]),
+    "quantiles": lambda c: c.update(quantiles=[0.01, 0.25, 0.5, 0.99]),
+    "transform": lambda c: c["datasets"][1].update(
+        transforms=[{"name": "clip", "args": {"key": "action", "dims": [0], "low": -0.5, "high": 0.5}}]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_reads_no_data_and_equals_a_fresh_run(datasets, tmp_path, monkeypatch, capsys, change):
+    cache = str(tmp_path / "cache")
+    cfg_path = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]})
+    _stats(cfg_path, tmp_path / "a", "--cache", cache)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    CHANGES[change](cfg)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with monkeypatch.context() as m:
+        _forbid_reading(m)
+        printed = _stats(cfg_path, tmp_path / "a", "--cache", cache, capsys=capsys)
+    assert printed.count("extract reused") == 2, printed
+    _stats(cfg_path, tmp_path / "fresh", "--cache", str(tmp_path / "fresh-cache"))
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "fresh")
+
+
+def test_readding_a_dataset_and_a_second_mixture_read_no_data(datasets, tmp_path, monkeypatch, capsys):
+    cache = str(tmp_path / "cache")
+    both = _config(tmp_path / "both.yaml", {"seven": datasets["seven"], "one": datasets["one"]})
+    only = _config(tmp_path / "only.yaml", {"seven": datasets["seven"]})
+    _stats(both, tmp_path / "a", "--cache", cache)
+    with monkeypatch.context() as m:
+        _forbid_reading(m)
+        _stats(only, tmp_path / "a", "--cache", cache)                       # drop "one"
+        printed = _stats(both, tmp_path / "a", "--cache", cache, capsys=capsys)  # ... and add it back
+        assert printed.count("extract reused") == 2
+        _stats(both, tmp_path / "second", "--cache", cache)                   # another --out
+    _stats(both, tmp_path / "fresh", "--cache", str(tmp_path / "fresh-cache"))
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "second") == _bytes(tmp_path / "fresh")
+
+
+def test_corrupt_cache_entry_is_one_line_with_a_force_hint(datasets, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cfg = _config(tmp_path / "c.yaml", {"one": datasets["one"]})
+    _stats(cfg, tmp_path / "a", "--cache", str(cache))
+    (task,) = list(cache.glob("values/*/*.npz"))
+    data = bytearray(task.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    task.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["stats", str(cfg), "--out", str(tmp_path / "a"), "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stepnorm: error:") and "corrupt" in err[0] and "--force" in err[0], err
+    _stats(cfg, tmp_path / "a", "--cache", str(cache), "--force")
+    _stats(cfg, tmp_path / "b", "--cache", str(cache))
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "b")
+
+
+def test_only_a_changed_file_is_read(datasets, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import stepnorm.sources.rlds as rlds
+
+    root = tmp_path / "seven"
+    shutil.copytree(datasets["seven"], root)
+    cfg = _config(tmp_path / "c.yaml", {"seven": str(root)})
+    cache = str(tmp_path / "cache")
+    _stats(cfg, tmp_path / "a", "--cache", cache)
+    shard = sorted(root.glob("*.tfrecord*"))[3]
+    shard.write_bytes(shard.read_bytes())  # rewritten in place: same bytes, new mtime/ctime
+    opened = []
+    real = rlds.iter_shard_episodes
+
+    def counting(path, read, **kwargs):
+        opened.append(Path(read.filename).name)
+        return real(path, read, **kwargs)
+
+    monkeypatch.setattr(rlds, "iter_shard_episodes", counting)
+    printed = _stats(cfg, tmp_path / "a", "--cache", cache, capsys=capsys)
+    assert opened == [shard.name], opened
+    assert "1 of 7 read tasks read" in printed
+    _stats(cfg, tmp_path / "fresh", "--cache", str(tmp_path / "fresh-cache"))
+    assert _bytes(tmp_path / "a") == _bytes(tmp_path / "fresh")
+
+
+def test_cache_ls_rm_prune(datasets, tmp_path, capsys):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    cfg = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]})
+    _stats(cfg, tmp_path / "a", "--cache", str(cache))
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache", str(cache)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 9 and lines[-1].startswith("8 entries")
+    assert sum(" seven " in ln for ln in lines) == 7 and sum(" one " in ln for ln in lines) == 1
+    # rm by dataset: only its entries go, and the next run reads only that dataset
+    assert main(["cache", "rm", "--dataset", "one", "--cache", str(cache)]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    printed = _stats(cfg, tmp_path / "a", "--cache", str(cache), capsys=capsys)
+    assert printed.count("extract reused") == 1
+    # prune by age: entries unused for a day go; others stay
+    old = time.time() - 3 * 86400
+    for info in list(cache.glob("values/*/*.json"))[:3]:
+        os.utime(info, (old, old))
+    assert main(["cache", "prune", "--older-than", "1", "--cache", str(cache)]) == 0
+    assert "removed 3 entries" in capsys.readouterr().out
+    assert main(["cache", "prune", "--max-size", "0", "--cache", str(cache)]) == 0
+    assert "removed 5 entries" in capsys.readouterr().out
+    assert not list(cache.glob("values/*/*.npz"))
+    # a prune with no rule, or rm with nothing named, is a usage error (exit 2, one line)
+    assert main(["cache", "prune", "--cache", str(cache)]) == 2
+    assert main(["cache", "rm", "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("stepnorm: error:") for e in err)
