@@ -193,12 +193,14 @@ def test_killed_stats_run_leaves_no_staging_after_the_next_run(trust_root, tmp_p
         import stepnorm.pipelines.stats as stats
         def die(*a, **k):
             os._exit(9)
-        stats.compute_summaries = die
+        stats.read_into_cache = die
         from stepnorm.cli import main
         main(sys.argv[1:])
     """)
     out = tmp_path / "stats"
-    proc = subprocess.run([sys.executable, "-c", hold, "stats", cfg, "--out", str(out)], env={**os.environ, **QUIET},
+    # --force: the data is read (not served from the values cache), so the run dies while writing
+    proc = subprocess.run([sys.executable, "-c", hold, "stats", cfg, "--out", str(out), "--force"],
+                          env={**os.environ, **QUIET},
                           capture_output=True, timeout=120)
     assert proc.returncode == 9
     assert not out.exists()
@@ -356,7 +358,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(trust_root
     def crash(*a, **k):
         raise RuntimeError("worker fell over\nwith a second line")
 
-    monkeypatch.setattr(stats, "compute_summaries", crash)
+    monkeypatch.setattr(stats, "read_into_cache", crash)
     cfg = str(trust_root / "sample" / "config.yaml")
     code = main(["stats", cfg, "--out", str(tmp_path / "o"), "--force"])
     _one_error_line(capsys, r"internal error \(RuntimeError: worker fell over with a second line\); rerun with "
@@ -549,7 +551,7 @@ def test_masks_and_dims_are_checked_against_declared_widths_before_reading(trust
     def no_reading(*a, **k):
         raise AssertionError("a data file was read before the config was checked")
 
-    monkeypatch.setattr(stats, "compute_summaries", no_reading)
+    monkeypatch.setattr(stats, "read_into_cache", no_reading)
     path = _config(trust_root, tmp_path, edit)
     code = main(["stats", str(path), "--out", str(tmp_path / "o")])
     _one_error_line(capsys, r"config.yaml: " + pattern, code=code)

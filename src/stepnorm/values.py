@@ -236,7 +236,8 @@ def remove_entries(cache: ValuesCache, keys: list[str] = (), dataset: str | None
 def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_bytes: int | None = None,
                   now: float | None = None) -> tuple[int, int]:
     """``stepnorm cache prune``: entries not used for ``older_than_days``, then the least recently
-    used ones until the cache holds at most ``max_bytes``. Returns (entries removed, bytes freed)."""
+    used ones until the cache holds at most ``max_bytes``; also temporary files that killed runs
+    left (older than an hour). Returns (entries removed, bytes freed)."""
     import time
 
     if older_than_days is None and max_bytes is None:
@@ -256,4 +257,13 @@ def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_
             total -= e["bytes"]
     for e in gone:
         cache.remove(e["key"])
-    return len(gone), sum(e["bytes"] for e in gone)
+    freed = sum(e["bytes"] for e in gone)
+    # Half-written files of killed runs (never read: entries are renamed into place when complete).
+    for tmp in cache.values_dir.glob("*/.*.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > 3600:
+                freed += tmp.stat().st_size
+                tmp.unlink()
+        except OSError:
+            pass
+    return len(gone), freed
