@@ -28,7 +28,7 @@ NORMALIZE_WITH = ("combined", "per_dataset")
 # Dataset names become TFDS dataset and file names.
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 # Resource limits, checked before any work: chunk lengths of real policies are <= a few hundred;
-# DataSketches' KLL k is a 16-bit number.
+# sketch_k values are kept per cell (16 bytes each) as its bracketing sample.
 MAX_HORIZON = 4096
 MAX_SKETCH_K = 65535
 
