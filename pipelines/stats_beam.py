@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -30,6 +33,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from stepnorm.compute import accumulator_spec
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError, StepnormError, UsageError
+from stepnorm.pipelines.runners import close_dask_client, dask_pipeline, is_dask, runner_args, runner_name
 from stepnorm.pipelines.stats import DatasetSummary
 from stepnorm.samples import DatasetSample, pick_frame
 from stepnorm.sources import ReadTask, read_task, read_tasks
@@ -42,11 +46,12 @@ def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, ob
     Beam silently discards options it does not know; a typo there would change how a job runs,
     so unknown options are a usage error.
     """
+    beam_args = runner_args(beam_args)  # short runner names; the runner's options registered
     unknown = _unknown_options(tuple(beam_args))
     if unknown:
         raise UsageError(None, f"unknown Beam pipeline option(s): {', '.join('--' + u for u in unknown)}")
     options = PipelineOptions(list(beam_args))
-    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+    if runner_name(beam_args) is not None:
         return options, None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -70,11 +75,22 @@ def _progress_bar(label: str):
                 mininterval=1.0, leave=False)
 
 
-class ReadEpisodesFn(beam.DoFn):
-    """ReadTask -> (dataset name, Episode), with transforms applied."""
+def task_key(task: ReadTask) -> str:
+    """A stable file name for one read task's receipt."""
+    return hashlib.sha1(repr(task).encode()).hexdigest()[:20]
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+
+class ReadEpisodesFn(beam.DoFn):
+    """ReadTask -> (dataset name, Episode), with transforms applied.
+
+    With ``receipts`` (a directory), each task also writes a receipt there once all its episodes
+    are out: how many episodes and steps it read, and which worker process read them. Receipts are
+    files, so every runner hands them back the same way, also when its pipeline metrics do not
+    (Beam's DaskRunner has none).
+    """
+
+    def __init__(self, cfg: Config, receipts: str | None = None):
+        self.cfg, self.receipts = cfg, receipts
         self.by_name = {ds.name: ds for ds in cfg.datasets}
 
     def setup(self):
@@ -88,7 +104,10 @@ class ReadEpisodesFn(beam.DoFn):
     def process(self, task: ReadTask):
         ds = self.by_name[task.dataset]
         image_keys = ds.image_keys if ds.format == "rlds" else ()
+        episodes = steps = 0
         for episode in read_task(ds, task, image_keys=image_keys):
+            episodes += 1
+            steps += episode.length
             self.steps += episode.length
             self.progress.update(1)
             self.progress.set_postfix_str(f"{self.steps / max(time.monotonic() - self.started, 1e-9):.0f} steps/s",
@@ -98,6 +117,11 @@ class ReadEpisodesFn(beam.DoFn):
             episode.images = {k: [frames[pick_frame(ds.name, k, episode.index, len(frames))]]
                               for k, frames in episode.images.items() if len(frames)}
             yield task.dataset, episode
+        if self.receipts is not None:
+            receipt = {"dataset": task.dataset, "locator": task.locator, "episodes": episodes, "steps": steps,
+                       "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            with FileSystems.create(FileSystems.join(self.receipts, f"{task_key(task)}.json")) as handle:
+                handle.write(json.dumps(receipt).encode())
 
 
 class AccumulateFn(beam.CombineFn):
@@ -140,49 +164,107 @@ def _write_blob(item, staging: str):
     return name
 
 
-def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path) -> dict[str, bytes]:
+def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], staging_root: Path,
+                      log=print) -> dict[str, bytes]:
     """Run the Beam pipeline over ``names``; returns each dataset's serialized ``DatasetSummary``.
 
     Workers hand their results over through files under ``--temp_location`` when it is set (it is on
     Dataflow, where workers cannot write to the launcher's disk), else under ``staging_root``.
+    Counts in equal counts out (``_check_receipts``): an element any runner drops on the way is an
+    error, not a short artifact.
     """
     by_name = {ds.name: ds for ds in cfg.datasets}
     tasks = [t for name in names for t in read_tasks(by_name[name])]
     options, _ = make_pipeline_options(beam_args)
     root = options.view_as(GoogleCloudOptions).temp_location or str(staging_root)
     staging = FileSystems.join(root, f".stepnorm-staging-{uuid.uuid4().hex}")
+    receipts = FileSystems.join(staging, "receipts")
     FileSystems.mkdirs(staging)
+    FileSystems.mkdirs(receipts)
     try:
         run_beam(beam_args, lambda p: (
             p
             | "Tasks" >> beam.Create(tasks)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadEpisodesFn(cfg))
+            | "Read" >> beam.ParDo(ReadEpisodesFn(cfg, receipts))
             | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
             | "Stage" >> beam.Map(_write_blob, staging)
         ))
+        read = _check_receipts(by_name, tasks, receipts, log)
         out = {}
         for name in names:
             path = FileSystems.join(staging, f"{name}.acc")
             if not FileSystems.exists(path):
+                if read[name][0]:
+                    raise InputDataError(by_name[name].path, f"workers read {read[name][0]} episodes of dataset "
+                                                             f"{name!r} but its statistics never arrived (the runner "
+                                                             f"dropped them)")
                 raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
             with FileSystems.open(path) as handle:
                 out[name] = handle.read()
+            got = ChunkStatsAccumulator.from_bytes(DatasetSummary.split(out[name])[0])
+            if (got.num_episodes, got.num_steps) != read[name]:
+                raise InputDataError(by_name[name].path, f"workers read {read[name][0]} episodes ({read[name][1]} "
+                                                         f"steps) but {got.num_episodes} ({got.num_steps} steps) "
+                                                         f"reached the statistics (episodes in != episodes out)")
         return out
     finally:
         if FileSystems.exists(staging):
             FileSystems.delete([staging])
 
 
+def _receipt(receipts: str, task: ReadTask) -> dict | None:
+    path = FileSystems.join(receipts, f"{task_key(task)}.json")
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())
+
+
+def _check_receipts(by_name, tasks: list[ReadTask], receipts: str, log) -> dict[str, tuple[int, int]]:
+    """Every task's receipt is there (and an RLDS task read its whole shard slice); logs how the
+    tasks were spread over worker processes and returns each dataset's (episodes, steps) read."""
+    read: dict[str, tuple[int, int]] = {}
+    workers: dict[str, int] = {}
+    for task in tasks:
+        ds = by_name[task.dataset]
+        receipt = _receipt(receipts, task)
+        if receipt is None:
+            raise InputDataError(task.locator, "this read task never finished on a worker (the runner dropped it, or its workers run "
+                                               "another stepnorm version; tasks in != tasks out)")
+        if ds.format == "rlds" and receipt["episodes"] != task.take:
+            raise InputDataError(task.locator, f"read {receipt['episodes']} episodes but the split holds {task.take}")
+        episodes, steps = read.get(task.dataset, (0, 0))
+        read[task.dataset] = (episodes + receipt["episodes"], steps + receipt["steps"])
+        workers[receipt["worker"]] = workers.get(receipt["worker"], 0) + 1
+    spread = ", ".join(f"{w} {n}" for w, n in sorted(workers.items()))
+    log(f"  read {len(tasks)} tasks in {len(workers)} worker processes ({spread})")
+    return read
+
+
 def run_beam(beam_args: Sequence[str], build) -> None:
     """Build a pipeline with ``build(p)`` and run it to completion (FnApiRunner unless ``--runner``).
 
-    A StepnormError raised inside a worker comes back as itself, so the CLI prints one line.
+    A StepnormError raised inside a worker comes back as itself (or is rebuilt from the traceback
+    text a portable runner relays), so the CLI prints one line.
+
+    On Beam's DaskRunner the pipeline's shape is checked first (``dask_pipeline``) and the read
+    or write tasks are spread over the cluster's workers, with a line on stdout saying how.
     """
     options, runner = make_pipeline_options(beam_args)
+    dask = is_dask(runner_args(beam_args))
+    result = None
     try:
-        with _worker_output_kept_aside(options), beam.Pipeline(runner=runner, options=options) as p:
+        with _worker_output_kept_aside(options):
+            p = beam.Pipeline(runner=runner, options=options)
             build(p)
+            if dask:
+                p, split = dask_pipeline(p, options)
+                print(split, flush=True)
+                result = p.run(test_runner_api=False)  # dask_pipeline made the runner-API round trip
+            else:
+                result = p.run()
+            result.wait_until_finish()
     except StepnormError:
         raise
     except Exception as exc:  # Beam wraps worker exceptions; surface ours
@@ -190,6 +272,9 @@ def run_beam(beam_args: Sequence[str], build) -> None:
         if inner is not None:
             raise inner from None
         raise
+    finally:
+        if dask:
+            close_dask_client(result)
 
 
 @contextlib.contextmanager
@@ -258,4 +343,4 @@ def _stepnorm_error_from_text(text: str) -> StepnormError | None:
     return error
 
 
-__all__ = ["AccumulateFn", "ReadEpisodesFn", "compute_summaries", "make_pipeline_options", "run_beam"]
+__all__ = ["AccumulateFn", "ReadEpisodesFn", "compute_summaries", "make_pipeline_options", "run_beam", "task_key"]

@@ -1,0 +1,276 @@
+"""stepnorm on a real Dask cluster (a scheduler and two worker processes on 127.0.0.1).
+
+The same commands as on the default runner must give the same results: statistics (see
+``runner_compare``), byte-identical normalized shards, the same one-line errors, every worker
+reading, and a dropped element failing the run. Beam's DaskRunner loses data silently in some
+pipeline shapes; ``check_dask_shape`` refuses those, and the last tests show the losses are real.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+import yaml
+from cluster_fixtures import dask_cluster  # noqa: F401  (session fixture)
+from runner_compare import BIT_IDENTICAL, assert_same_shards, assert_same_stats, config_data, load_stats
+
+from stepnorm.cli import main
+
+pytest.importorskip("distributed", reason="Dask is not installed (pip install 'stepnorm[dask]')")
+
+
+def dask_args(address):
+    return ["--runner", "DaskRunner", "--dask_client_address", address]
+
+
+@pytest.fixture(scope="module")
+def sample_config(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    assert main(["sample", str(out)]) == 0
+    return out / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def bridge_config(real_data, tmp_path_factory):
+    """configs/real_data.yaml (Bridge train + val) with its paths pointed at the real data."""
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "configs" / "real_data.yaml").read_text())
+    for ds in cfg["datasets"]:
+        ds["path"] = str(real_data / Path(ds["path"]).relative_to("../../shared/data/real"))
+    path = tmp_path_factory.mktemp("bridge") / "real.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(args, capsys):
+    capsys.readouterr()
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("which", ["sample", "bridge"])
+def test_stats_and_run_on_dask_equal_the_default_runner(which, request, dask_cluster, tmp_path, capsys):
+    cfg = request.getfixturevalue(f"{which}_config")
+    datasets = yaml.safe_load(cfg.read_text())["datasets"]
+    code, _, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "local"), "--force"], capsys)
+    assert code == 0
+    local = load_stats(tmp_path / "local" / "stats" / "stats.json")
+    data = config_data(cfg)
+
+    code, out, _ = run_cli(["stats", str(cfg), "--out", str(tmp_path / "dask_stats")] + dask_args(dask_cluster),
+                           capsys)
+    assert code == 0
+    assert_same_stats(local, load_stats(tmp_path / "dask_stats" / "stats.json"), data)
+    # One read task per dataset here (one shard each): spread over both workers.
+    n = len(datasets)
+    assert f"dask: {n} tasks in {n} partitions over 2 workers (2 threads)" in out
+    assert re.search(rf"read {n} tasks in 2 worker processes \(\S+ 1, \S+ 1\)", out), out
+
+    code, out, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "dask_run"), "--force"]
+                           + dask_args(dask_cluster), capsys)
+    assert code == 0
+    assert out.count("dask:") == 2  # statistics and normalize both ran on the cluster
+    dask_stats = load_stats(tmp_path / "dask_run" / "stats" / "stats.json")
+    assert_same_stats(local, dask_stats, data)
+    if BIT_IDENTICAL:
+        assert assert_same_shards(tmp_path / "local" / "normalized", tmp_path / "dask_run" / "normalized") == n
+    # The cluster's normalize writes exactly what the default runner writes from the same statistics.
+    assert main(["normalize", str(cfg), "--stats", str(tmp_path / "dask_run" / "stats"),
+                 "--out", str(tmp_path / "local_from_dask_stats")]) == 0
+    assert assert_same_shards(tmp_path / "local_from_dask_stats", tmp_path / "dask_run" / "normalized") == n
+    manifest = json.loads((tmp_path / "dask_run" / "normalized" / "MANIFEST.json").read_text())
+    assert {name: d["episodes"] for name, d in manifest["datasets"].items()} == {
+        name: block["num_episodes"] for name, block in local["datasets"].items()}
+
+
+def test_work_is_spread_over_both_workers_and_partitions_can_be_set(sample_config, dask_cluster, tmp_path, capsys):
+    code, out, _ = run_cli(["stats", str(sample_config), "--out", str(tmp_path / "a"), "--dask_npartitions", "1"]
+                           + dask_args(dask_cluster), capsys)
+    assert code == 0
+    assert "dask: 2 tasks in 1 partitions (--dask_npartitions) over 2 workers" in out
+    assert "read 2 tasks in 1 worker processes" in out  # one partition is one Dask task
+
+
+def test_corrupt_shard_gives_the_same_error_as_locally(sample_config, dask_cluster, tmp_path, capsys):
+    root = tmp_path / "sample"
+    shutil.copytree(sample_config.parent, root)
+    shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[200:260] = b"\xff" * 60
+    shard.write_bytes(bytes(data))
+    for command in (["stats", str(root / "config.yaml"), "--out"], ["run", str(root / "config.yaml"), "--force", "--out"]):
+        local = run_cli(command + [str(tmp_path / "local")], capsys)
+        on_dask = run_cli(command + [str(tmp_path / "dask")] + dask_args(dask_cluster), capsys)
+        assert local[0] == on_dask[0] == 2
+        assert len(local[2].splitlines()) == 1 and local[2].startswith("stepnorm: error: ")
+        assert "real_pick-train.tfrecord" in local[2]
+        assert on_dask[2] == local[2]
+
+
+@pytest.mark.parametrize("runner", ["default", "dask"])
+def test_a_dropped_episode_fails_the_run(runner, sample_config, dask_cluster, tmp_path, capsys, monkeypatch):
+    import drop_injection
+
+    import stepnorm.pipelines.stats_beam as stats_beam
+
+    monkeypatch.setattr(stats_beam, "AccumulateFn", drop_injection.DropOneEpisode)
+    extra = dask_args(dask_cluster) if runner == "dask" else []
+    code, _, err = run_cli(["stats", str(sample_config), "--out", str(tmp_path / "o")] + extra, capsys)
+    assert code == 2
+    assert re.fullmatch(r"stepnorm: error: \S+sim_pick/1.0.0: workers read 35 episodes \(1267 steps\) but 34 "
+                        r"\(\d+ steps\) reached the statistics \(episodes in != episodes out\)\n", err), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("runner", ["default", "dask"])
+@pytest.mark.parametrize("where, message", [
+    ("read_task", r"this read task never finished on a worker"),
+    ("stage", r"workers read \d+ episodes of dataset '\w+' but its statistics never arrived"),
+    ("normalize_task", r"output shard 0 got None episodes, expected \d+ \(episodes in != episodes out\)"),
+    ("normalize_record", r"output shard 0 got \d+ episodes, expected \d+ \(episodes in != episodes out\)"),
+])
+def test_every_stage_is_counted(runner, where, message, sample_config, dask_cluster, tmp_path, capsys, monkeypatch):
+    import drop_injection
+
+    import stepnorm.pipelines.normalize as normalize
+    import stepnorm.pipelines.stats_beam as stats_beam
+
+    extra = dask_args(dask_cluster) if runner == "dask" else []
+    command = ["stats", str(sample_config), "--out", str(tmp_path / "o")]
+    if where.startswith("normalize"):
+        assert main(["stats", str(sample_config), "--out", str(tmp_path / "stats")]) == 0
+        command = ["normalize", str(sample_config), "--stats", str(tmp_path / "stats"), "--out", str(tmp_path / "o")]
+    if where in ("read_task", "normalize_task"):
+        monkeypatch.setattr(beam, "Reshuffle", drop_injection.DropFirstElement)
+    elif where == "stage":
+        monkeypatch.setattr(stats_beam, "_write_blob", drop_injection.drop_staged_result)
+    else:
+        monkeypatch.setattr(normalize, "WriteShardsFn", drop_injection.DropOneRecord)
+    code, _, err = run_cli(command + extra, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("stepnorm: error: ") and re.search(message, err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_and_unreachable(sample_config, tmp_path, capsys):
+    code, _, err = run_cli(["stats", str(sample_config), "--out", str(tmp_path / "o"), "--runner", "DaskRunner",
+                            "--dask_npartition", "3"], capsys)
+    assert code == 2 and err == "stepnorm: error: unknown Beam pipeline option(s): --dask_npartition\n"
+    from cluster_fixtures import free_port
+
+    code, _, err = run_cli(["stats", str(sample_config), "--out", str(tmp_path / "o"), "--runner", "DaskRunner",
+                            "--dask_client_address", f"127.0.0.1:{free_port()}", "--dask_connection_timeout", "2"],
+                           capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert re.match(r"stepnorm: error: 127.0.0.1:\d+: cannot reach the Dask scheduler", err), err
+
+
+# -- the shapes Beam's DaskRunner (2.77) loses data in ----------------------------------------------
+class _EmitInFinishBundle(beam.DoFn):
+    def process(self, element):
+        self.last = element
+
+    def finish_bundle(self):
+        from apache_beam.utils.windowed_value import WindowedValue
+        from apache_beam.transforms.window import GlobalWindow
+
+        yield WindowedValue(self.last, 0, [GlobalWindow()])
+
+
+class _Tagged(beam.DoFn):
+    def process(self, element):
+        yield beam.pvalue.TaggedOutput("odd" if element % 2 else "even", element)
+
+
+def _finish_bundle(p, sink):
+    p | beam.Create([1, 2, 3]) | beam.ParDo(_EmitInFinishBundle()) | sink("out")
+
+
+def _two_branches(p, sink):
+    values = p | beam.Create([1, 2, 3])
+    values | "a" >> sink("a")
+    values | "b" >> sink("b")
+
+
+def _tagged_outputs(p, sink):
+    out = p | beam.Create([1, 2, 3]) | beam.ParDo(_Tagged()).with_outputs("odd", "even")
+    (out.odd, out.even) | beam.Flatten() | sink("out")
+
+
+def _side_input(p, sink):
+    other = p | "other" >> beam.Create([10])
+    p | beam.Create([1, 2]) | beam.Map(lambda x, o: x + o[0], beam.pvalue.AsList(other)) | sink("out")
+
+
+def _write_to_text(p, sink):
+    p | beam.Create(["a", "b"]) | beam.io.WriteToText("/nonexistent/never-written")
+
+
+def _windowed(p, sink):
+    (p | beam.Create([("k", 1)]) | beam.WindowInto(beam.window.FixedWindows(10)) | beam.GroupByKey()
+     | sink("out"))
+
+
+SHAPES = {
+    "finish_bundle": (_finish_bundle, r"values emitted in finish_bundle are dropped"),
+    "two_branches": (_two_branches, r"only the last output branch of a pipeline is computed"),
+    "tagged_outputs": (_tagged_outputs, r"tagged outputs each receive every element"),
+    "side_input": (_side_input, r"side inputs are not delivered"),
+    "write_to_text": (_write_to_text, r"(side inputs are not delivered|finish_bundle|has no Dask translation)"),
+    "windowed": (_windowed, r"has no Dask translation"),
+}
+
+
+def _files_sink(directory):
+    """A sink that writes each element as a file (the cluster's workers share this disk)."""
+    def sink(name):
+        def write(element):
+            import uuid
+
+            (Path(directory) / f"{name}-{element}-{uuid.uuid4().hex}").write_text("")
+            return element
+        return beam.Map(write)
+    return sink
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_shapes_that_lose_data_on_dask_are_refused(shape, tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+
+    from stepnorm.errors import UsageError
+    from stepnorm.pipelines.runners import check_dask_shape, dask_translation
+
+    build, message = SHAPES[shape]
+    options = PipelineOptions(["--dask_client_address", "127.0.0.1:1"])
+    p = beam.Pipeline(runner=DaskRunner(), options=options)
+    build(p, _files_sink(tmp_path))
+    with pytest.raises(UsageError, match=message):
+        check_dask_shape(dask_translation(p, options))
+
+
+@pytest.mark.parametrize("shape, expected, got", [
+    ("finish_bundle", {"out": 1}, {}),  # the one value emitted in finish_bundle never arrives
+    ("two_branches", {"a": 3, "b": 3}, {"b": 3}),  # branch "a" is not computed
+    ("tagged_outputs", {"out": 3}, {"out": 6}),  # each tagged output receives all three elements
+])
+def test_the_refused_shapes_really_lose_data_on_dask(shape, expected, got, dask_cluster, tmp_path):
+    """What Beam's DaskRunner does with these shapes today (not through stepnorm's check). When
+    Beam fixes one, this fails and the check can let that shape through."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+
+    p = beam.Pipeline(runner=DaskRunner(), options=PipelineOptions(["--dask_client_address", dask_cluster]))
+    SHAPES[shape][0](p, _files_sink(tmp_path))
+    result = p.run()
+    result.wait_until_finish()
+    result.client.close()
+    counts = {}
+    for f in tmp_path.iterdir():
+        counts[f.name.split("-")[0]] = counts.get(f.name.split("-")[0], 0) + 1
+    assert counts != expected
+    assert counts == got
