@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -255,7 +256,7 @@ def run_beam(beam_args: Sequence[str], build) -> None:
     dask = is_dask(runner_args(beam_args))
     result = None
     try:
-        with _worker_output_kept_aside(options):
+        with _worker_output_kept_aside(options), _relayed_errors_kept_out():
             p = beam.Pipeline(runner=runner, options=options)
             build(p)
             if dask:
@@ -341,6 +342,30 @@ def _stepnorm_error_from_text(text: str) -> StepnormError | None:
     error = kind.__new__(kind)
     StepnormError.__init__(error, None, message.strip())
     return error
+
+
+class _RelayedStepnormError(logging.Filter):
+    """Drops a job message that relays a worker's StepnormError: the launcher raises that error
+    itself, and the CLI prints it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or _stepnorm_error_from_text(record.getMessage()) is None
+
+
+@contextlib.contextmanager
+def _relayed_errors_kept_out():
+    """While a job runs: the portable runner logs each error message of the job service (a worker's
+    whole traceback) on the root logger, not Beam's, before raising it; keep those of stepnorm's own
+    errors out. ``STEPNORM_DEBUG=1`` (``--debug``) keeps them."""
+    if os.environ.get("STEPNORM_DEBUG") == "1":
+        yield
+        return
+    root, relayed = logging.getLogger(), _RelayedStepnormError()
+    root.addFilter(relayed)
+    try:
+        yield
+    finally:
+        root.removeFilter(relayed)
 
 
 __all__ = ["AccumulateFn", "ReadEpisodesFn", "compute_summaries", "make_pipeline_options", "run_beam", "task_key"]

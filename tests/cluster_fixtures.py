@@ -5,6 +5,9 @@
 - ``portable_services``: Beam's ``local_job_service_main`` (the job endpoint) and
   ``worker_pool_main`` (SDK workers for ``--environment_type EXTERNAL``); yields the Beam args.
 
+Also the two mixtures the runner tests use: ``sample_config`` (the built-in sample) and
+``bridge_config`` (configs/real_data.yaml on the real Bridge data).
+
 Ports are picked free, every process runs in its own session so teardown ends it and its children,
 and start-up is bounded in time. The workers see ``tests/`` on their path, so a test can run its own
 DoFns on them (the drop-injection tests).
@@ -22,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 TESTS = Path(__file__).resolve().parent
 START_TIMEOUT = 90  # seconds; a 2-core machine shared with other jobs starts Python slowly
@@ -80,6 +84,27 @@ def _wait_for_port(port: int, proc, log: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def sample_config(tmp_path_factory):
+    from stepnorm.cli import main
+
+    out = tmp_path_factory.mktemp("sample")
+    assert main(["sample", str(out)]) == 0
+    return out / "config.yaml"
+
+
+@pytest.fixture(scope="session")
+def bridge_config(real_data, tmp_path_factory):
+    """configs/real_data.yaml (Bridge train + val) with its paths pointed at the real data."""
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "configs" / "real_data.yaml").read_text())
+    for ds in cfg["datasets"]:
+        ds["path"] = str(real_data / Path(ds["path"]).relative_to("../../shared/data/real"))
+    path = tmp_path_factory.mktemp("bridge") / "real.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
 def dask_cluster(tmp_path_factory):
     """A real Dask cluster on 127.0.0.1: one scheduler, two single-thread worker processes."""
     pytest.importorskip("distributed", reason="Dask is not installed (pip install 'stepnorm[dask]')")
@@ -109,7 +134,8 @@ def portable_services(tmp_path_factory):
     """Beam's job service and an external SDK worker pool on 127.0.0.1; yields the Beam args."""
     logs = tmp_path_factory.mktemp("portable_logs")
     job_port, pool_port = free_port(), free_port()
-    env = _env()
+    # The pool starts each SDK worker as `python -c ...`: the `python` on PATH must be this one.
+    env = _env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     with _processes(logs) as start:
         pool = start("worker_pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                                      "--service_port", str(pool_port)], env)

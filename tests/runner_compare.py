@@ -107,6 +107,69 @@ def assert_same_stats(local: dict, other: dict, data: dict) -> None:
     assert checked["quantile"] and checked["moment"]
 
 
+def run_cli(args, capsys):
+    """``stepnorm ARGS`` in-process: (exit code, stdout, stderr)."""
+    from stepnorm.cli import main
+
+    capsys.readouterr()
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def check_against_default_runner(cfg: Path, runner_args: list[str], tmp_path: Path, capsys) -> str:
+    """``run --force`` (statistics, gate, normalize) with ``runner_args`` gives what the default
+    runner gives.
+
+    Statistics as ``assert_same_stats``; normalized shards byte-identical to the default runner's
+    from the same statistics (and to its ``run --force`` once ``BIT_IDENTICAL``); episode counts in
+    the manifest. Returns the run's stdout for runner-specific checks.
+    """
+    from stepnorm.cli import main
+
+    code, _, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "local"), "--force"], capsys)
+    assert code == 0
+    local = load_stats(tmp_path / "local" / "stats" / "stats.json")
+    n = len(local["datasets"])
+    code, out, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "other"), "--force"] + runner_args, capsys)
+    assert code == 0
+    assert_same_stats(local, load_stats(tmp_path / "other" / "stats" / "stats.json"), config_data(cfg))
+    if BIT_IDENTICAL:
+        assert assert_same_shards(tmp_path / "local" / "normalized", tmp_path / "other" / "normalized") == n
+    # The other runner's normalize writes exactly what the default runner writes from the same statistics.
+    assert main(["normalize", str(cfg), "--stats", str(tmp_path / "other" / "stats"),
+                 "--out", str(tmp_path / "local_from_other_stats")]) == 0
+    assert assert_same_shards(tmp_path / "local_from_other_stats", tmp_path / "other" / "normalized") == n
+    manifest = json.loads((tmp_path / "other" / "normalized" / "MANIFEST.json").read_text())
+    assert {name: d["episodes"] for name, d in manifest["datasets"].items()} == {
+        name: block["num_episodes"] for name, block in local["datasets"].items()}
+    return out
+
+
+def corrupt_sample(sample_config: Path, tmp_path: Path) -> Path:
+    """A copy of the sample mixture with bytes of real_pick's train shard overwritten; its config."""
+    import shutil
+
+    root = tmp_path / "sample"
+    shutil.copytree(sample_config.parent, root)
+    shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[200:260] = b"\xff" * 60
+    shard.write_bytes(bytes(data))
+    return root / "config.yaml"
+
+
+def check_same_error(config: Path, runner_args: list[str], tmp_path: Path, capsys) -> None:
+    """``stats`` fails with the same exit code and one-line error as on the default runner."""
+    local = run_cli(["stats", str(config), "--out", str(tmp_path / "local")], capsys)
+    other = run_cli(["stats", str(config), "--out", str(tmp_path / "other")] + runner_args, capsys)
+    assert local[0] == other[0] == 2
+    assert len(local[2].splitlines()) == 1 and local[2].startswith("stepnorm: error: ")
+    assert "real_pick-train.tfrecord" in local[2]
+    assert other[2] == local[2]
+    assert not (tmp_path / "other").exists()
+
+
 def assert_same_shards(a: Path, b: Path) -> int:
     """The two normalized outputs hold the same TFRecord shards, byte for byte; returns how many."""
     names = sorted(p.relative_to(a) for p in Path(a).rglob("*.tfrecord-*"))

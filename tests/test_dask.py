@@ -6,16 +6,14 @@ reading, and a dropped element failing the run. Beam's DaskRunner loses data sil
 pipeline shapes; ``check_dask_shape`` refuses those, and the last tests show the losses are real.
 """
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
 import yaml
-from cluster_fixtures import dask_cluster  # noqa: F401  (session fixture)
-from runner_compare import BIT_IDENTICAL, assert_same_shards, assert_same_stats, config_data, load_stats
+from cluster_fixtures import bridge_config, dask_cluster, sample_config  # noqa: F401  (session fixtures)
+from runner_compare import check_against_default_runner, check_same_error, corrupt_sample, run_cli
 
 from stepnorm.cli import main
 
@@ -26,68 +24,17 @@ def dask_args(address):
     return ["--runner", "DaskRunner", "--dask_client_address", address]
 
 
-@pytest.fixture(scope="module")
-def sample_config(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample")
-    assert main(["sample", str(out)]) == 0
-    return out / "config.yaml"
-
-
-@pytest.fixture(scope="module")
-def bridge_config(real_data, tmp_path_factory):
-    """configs/real_data.yaml (Bridge train + val) with its paths pointed at the real data."""
-    repo = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((repo / "configs" / "real_data.yaml").read_text())
-    for ds in cfg["datasets"]:
-        ds["path"] = str(real_data / Path(ds["path"]).relative_to("../../shared/data/real"))
-    path = tmp_path_factory.mktemp("bridge") / "real.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_cli(args, capsys):
-    capsys.readouterr()
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("which", ["sample", "bridge"])
 def test_stats_and_run_on_dask_equal_the_default_runner(which, request, dask_cluster, tmp_path, capsys):
     cfg = request.getfixturevalue(f"{which}_config")
-    datasets = yaml.safe_load(cfg.read_text())["datasets"]
-    code, _, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "local"), "--force"], capsys)
-    assert code == 0
-    local = load_stats(tmp_path / "local" / "stats" / "stats.json")
-    data = config_data(cfg)
-
-    code, out, _ = run_cli(["stats", str(cfg), "--out", str(tmp_path / "dask_stats")] + dask_args(dask_cluster),
-                           capsys)
-    assert code == 0
-    assert_same_stats(local, load_stats(tmp_path / "dask_stats" / "stats.json"), data)
-    # One read task per dataset here (one shard each): spread over both workers.
-    n = len(datasets)
-    assert f"dask: {n} tasks in {n} partitions over 2 workers (2 threads)" in out
+    n = len(yaml.safe_load(cfg.read_text())["datasets"])
+    out = check_against_default_runner(cfg, dask_args(dask_cluster), tmp_path, capsys)
+    # One read (and one write) task per dataset here (one shard each): spread over both workers.
+    assert out.count(f"dask: {n} tasks in {n} partitions over 2 workers (2 threads)") == 2, out  # stats, normalize
     assert re.search(rf"read {n} tasks in 2 worker processes \(\S+ 1, \S+ 1\)", out), out
 
-    code, out, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "dask_run"), "--force"]
-                           + dask_args(dask_cluster), capsys)
-    assert code == 0
-    assert out.count("dask:") == 2  # statistics and normalize both ran on the cluster
-    dask_stats = load_stats(tmp_path / "dask_run" / "stats" / "stats.json")
-    assert_same_stats(local, dask_stats, data)
-    if BIT_IDENTICAL:
-        assert assert_same_shards(tmp_path / "local" / "normalized", tmp_path / "dask_run" / "normalized") == n
-    # The cluster's normalize writes exactly what the default runner writes from the same statistics.
-    assert main(["normalize", str(cfg), "--stats", str(tmp_path / "dask_run" / "stats"),
-                 "--out", str(tmp_path / "local_from_dask_stats")]) == 0
-    assert assert_same_shards(tmp_path / "local_from_dask_stats", tmp_path / "dask_run" / "normalized") == n
-    manifest = json.loads((tmp_path / "dask_run" / "normalized" / "MANIFEST.json").read_text())
-    assert {name: d["episodes"] for name, d in manifest["datasets"].items()} == {
-        name: block["num_episodes"] for name, block in local["datasets"].items()}
 
-
-def test_work_is_spread_over_both_workers_and_partitions_can_be_set(sample_config, dask_cluster, tmp_path, capsys):
+def test_explicit_partitions_are_kept(sample_config, dask_cluster, tmp_path, capsys):
     code, out, _ = run_cli(["stats", str(sample_config), "--out", str(tmp_path / "a"), "--dask_npartitions", "1"]
                            + dask_args(dask_cluster), capsys)
     assert code == 0
@@ -96,19 +43,7 @@ def test_work_is_spread_over_both_workers_and_partitions_can_be_set(sample_confi
 
 
 def test_corrupt_shard_gives_the_same_error_as_locally(sample_config, dask_cluster, tmp_path, capsys):
-    root = tmp_path / "sample"
-    shutil.copytree(sample_config.parent, root)
-    shard = sorted((root / "real_pick" / "1.0.0").glob("*train.tfrecord*"))[0]
-    data = bytearray(shard.read_bytes())
-    data[200:260] = b"\xff" * 60
-    shard.write_bytes(bytes(data))
-    for command in (["stats", str(root / "config.yaml"), "--out"], ["run", str(root / "config.yaml"), "--force", "--out"]):
-        local = run_cli(command + [str(tmp_path / "local")], capsys)
-        on_dask = run_cli(command + [str(tmp_path / "dask")] + dask_args(dask_cluster), capsys)
-        assert local[0] == on_dask[0] == 2
-        assert len(local[2].splitlines()) == 1 and local[2].startswith("stepnorm: error: ")
-        assert "real_pick-train.tfrecord" in local[2]
-        assert on_dask[2] == local[2]
+    check_same_error(corrupt_sample(sample_config, tmp_path), dask_args(dask_cluster), tmp_path, capsys)
 
 
 @pytest.mark.parametrize("runner", ["default", "dask"])
