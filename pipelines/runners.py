@@ -175,7 +175,7 @@ def plan_dask_partitions(pipeline) -> str:
     else:
         dask.npartitions = max(1, min(tasks, PARTITIONS_PER_THREAD * threads))
         how = f"{dask.npartitions} partitions"
-    return f"  dask: {tasks} tasks in {how} over {workers} workers ({threads} threads) at {where}"
+    return f"dask: {tasks} tasks in {how} over {workers} workers ({threads} threads) at {where}"
 
 
 def _cluster_size(dask) -> tuple[int, int, str]:

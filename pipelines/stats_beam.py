@@ -106,6 +106,7 @@ class ReadEpisodesFn(beam.DoFn):
         ds = self.by_name[task.dataset]
         image_keys = ds.image_keys if ds.format == "rlds" else ()
         episodes = steps = 0
+        started = time.time()  # wall clock: comparable across the processes of one machine
         for episode in read_task(ds, task, image_keys=image_keys):
             episodes += 1
             steps += episode.length
@@ -120,7 +121,7 @@ class ReadEpisodesFn(beam.DoFn):
             yield task.dataset, episode
         if self.receipts is not None:
             receipt = {"dataset": task.dataset, "locator": task.locator, "episodes": episodes, "steps": steps,
-                       "worker": f"{socket.gethostname()}:{os.getpid()}"}
+                       "worker": f"{socket.gethostname()}:{os.getpid()}", "started": started, "ended": time.time()}
             with FileSystems.create(FileSystems.join(self.receipts, f"{task_key(task)}.json")) as handle:
                 handle.write(json.dumps(receipt).encode())
 
@@ -183,6 +184,7 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
     FileSystems.mkdirs(staging)
     FileSystems.mkdirs(receipts)
     try:
+        submitted = time.time()
         run_beam(beam_args, lambda p: (
             p
             | "Tasks" >> beam.Create(tasks)
@@ -191,21 +193,22 @@ def compute_summaries(cfg: Config, names: list[str], beam_args: Sequence[str], s
             | "Accumulate" >> beam.CombinePerKey(AccumulateFn(cfg))
             | "Stage" >> beam.Map(_write_blob, staging)
         ))
-        read = _check_receipts(by_name, tasks, receipts, log)
+        read = _check_receipts(by_name, tasks, receipts, submitted, time.time(), log)
         out = {}
         for name in names:
             path = FileSystems.join(staging, f"{name}.acc")
+            read_episodes, read_steps = read.get(name, (0, 0))  # a split with no shards has no tasks
             if not FileSystems.exists(path):
-                if read[name][0]:
-                    raise InputDataError(by_name[name].path, f"workers read {read[name][0]} episodes of dataset "
+                if read_episodes:
+                    raise InputDataError(by_name[name].path, f"workers read {read_episodes} episodes of dataset "
                                                              f"{name!r} but its statistics never arrived (the runner "
                                                              f"dropped them)")
                 raise InputDataError(by_name[name].path, f"dataset {name!r} has no episodes in split {by_name[name].split!r}")
             with FileSystems.open(path) as handle:
                 out[name] = handle.read()
             got = ChunkStatsAccumulator.from_bytes(DatasetSummary.split(out[name])[0])
-            if (got.num_episodes, got.num_steps) != read[name]:
-                raise InputDataError(by_name[name].path, f"workers read {read[name][0]} episodes ({read[name][1]} "
+            if (got.num_episodes, got.num_steps) != (read_episodes, read_steps):
+                raise InputDataError(by_name[name].path, f"workers read {read_episodes} episodes ({read_steps} "
                                                          f"steps) but {got.num_episodes} ({got.num_steps} steps) "
                                                          f"reached the statistics (episodes in != episodes out)")
         return out
@@ -222,11 +225,19 @@ def _receipt(receipts: str, task: ReadTask) -> dict | None:
         return json.loads(handle.read())
 
 
-def _check_receipts(by_name, tasks: list[ReadTask], receipts: str, log) -> dict[str, tuple[int, int]]:
-    """Every task's receipt is there (and an RLDS task read its whole shard slice); logs how the
-    tasks were spread over worker processes and returns each dataset's (episodes, steps) read."""
+def _check_receipts(by_name, tasks: list[ReadTask], receipts: str, submitted: float, finished: float,
+                    log) -> dict[str, tuple[int, int]]:
+    """Every task's receipt is there (and an RLDS task read its whole shard slice); returns each
+    dataset's (episodes, steps) read.
+
+    Logs how the tasks were spread over worker processes and where the job's time went: from
+    submitting it to the first read (start-up: workers, shipping the pipeline), reading (first read
+    started to last read done; the per-episode accumulation too where the runner fuses it with the
+    read, as the FnApiRunner does) and from the last read to the job's end (combining, staging).
+    """
     read: dict[str, tuple[int, int]] = {}
     workers: dict[str, int] = {}
+    first, last = finished, submitted
     for task in tasks:
         ds = by_name[task.dataset]
         receipt = _receipt(receipts, task)
@@ -238,8 +249,11 @@ def _check_receipts(by_name, tasks: list[ReadTask], receipts: str, log) -> dict[
         episodes, steps = read.get(task.dataset, (0, 0))
         read[task.dataset] = (episodes + receipt["episodes"], steps + receipt["steps"])
         workers[receipt["worker"]] = workers.get(receipt["worker"], 0) + 1
+        first, last = min(first, receipt["started"]), max(last, receipt["ended"])
     spread = ", ".join(f"{w} {n}" for w, n in sorted(workers.items()))
-    log(f"  read {len(tasks)} tasks in {len(workers)} worker processes ({spread})")
+    log(f"read {len(tasks)} tasks in {len(workers)} worker processes ({spread}); job start "
+        f"{max(0.0, first - submitted):.1f}s, reading {max(0.0, last - first):.1f}s, then "
+        f"{max(0.0, finished - last):.1f}s to the job's end")
     return read
 
 
