@@ -4,6 +4,9 @@ The same commands as on the default runner must give the same results: statistic
 ``runner_compare``), byte-identical normalized shards, the same one-line errors, every worker
 reading, and a dropped element failing the run. Beam's DaskRunner loses data silently in some
 pipeline shapes; ``check_dask_shape`` refuses those, and the last tests show the losses are real.
+They also pin the private parts of Beam's Dask runner that ``pipelines/runners.py`` reads
+(``overrides._Create`` / ``_Reshuffle`` / ``_GroupAlsoByWindow``, ``transform_evaluator.TRANSLATIONS``):
+a Beam upgrade that changes them fails here.
 """
 
 import re
