@@ -44,6 +44,15 @@ def _env(**extra) -> dict:
     return env
 
 
+def _end_with_parent() -> None:
+    """In the child, before exec: Linux ends it (SIGTERM) if the test process dies without its
+    teardown (killed), so no cluster outlives the test run."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @contextmanager
 def _processes(log_dir: Path):
     """Start processes with ``start(name, argv, env)``; all are ended (process group) on exit."""
@@ -51,7 +60,8 @@ def _processes(log_dir: Path):
 
     def start(name, argv, env):
         log = open(log_dir / f"{name}.log", "wb")
-        procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True),
+        procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_end_with_parent if sys.platform == "linux" else None),
                       log))
         return procs[-1][0]
 
