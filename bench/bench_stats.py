@@ -9,9 +9,11 @@ Every method runs in its own subprocess (wall time and that process's peak RSS),
   (d) read-bytes      read every shard's bytes (the I/O floor)
 and the scenario checks of issues 3 and 15: peak memory when the dataset doubles, the incremental
 second run after adding a dataset of ~5% of the mixture, reruns after changing H, the delta_mask
-or a transform's arguments (served from the values cache), and 2 workers vs 1.
+or a transform's arguments (served from the values cache), and 2 workers vs 1; and the runners
+(issue 12): the default FnApiRunner vs a local Dask cluster (scheduler + 1 and 2 worker
+processes), with how the tasks were spread and where the time goes (start-up, read, merge, shutdown).
 
-Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20]
+Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20] [--only-runners]
 Datasets come from bench/oxe_like.py (generated on first use: 1.3 GB, 2.6 GB and 0.06 GB, and with
 --scale-gb a dataset of that size plus a 5% addition). Start-up costs (Python and Beam imports,
 Beam's worker processes) are seconds, so the incremental and worker targets are also measured at
@@ -26,11 +28,14 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -228,17 +233,124 @@ def workers(label: str, cfg: Path, work: Path) -> None:
           f"worker   target >= 1.6x ({os.cpu_count()} cores)")
 
 
+@contextmanager
+def dask_cluster(n_workers: int, log_dir: Path):
+    """A local Dask cluster (scheduler + ``n_workers`` single-thread worker processes); yields
+    (address, seconds it took to start). Every process is ended on exit."""
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address, procs, t0 = f"tcp://127.0.0.1:{port}", [], time.perf_counter()
+    try:
+        procs.append(subprocess.Popen([PY, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+                                       str(port), "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                      stderr=open(log_dir / "scheduler.log", "wb"), start_new_session=True))
+        for i in range(n_workers):
+            procs.append(subprocess.Popen([PY, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                           "--no-nanny", "--no-dashboard", "--local-directory", str(log_dir / f"w{i}")],
+                                          stdout=subprocess.DEVNULL, stderr=open(log_dir / f"worker{i}.log", "wb"),
+                                          start_new_session=True))
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        yield address, time.perf_counter() - t0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+READ_LINE = re.compile(r"read (\d+) tasks in (\d+) worker processes \((.*)\); job start ([0-9.]+)s, reading "
+                       r"([0-9.]+)s, then ([0-9.]+)s to the job's end")
+
+
+def phased_stats(cfg: Path, out: Path, *extra: str) -> dict:
+    """One `stepnorm stats` subprocess, split into start-up, read, merge and shutdown.
+
+    From the times its output lines arrive and the phases its read line reports: start-up is
+    process start to the first read (interpreter, imports, config, planning, the runner's job
+    start), read is first read started to last read done, merge is from there to the artifact
+    written (combining, staging, the launcher's mixture and artifact), shutdown is from there to
+    the process's exit (closing the runner's client, interpreter exit).
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([PY, "-m", "stepnorm.cli", "stats", str(cfg), "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    read_at = artifact_at = None
+    found = None
+    for line in proc.stdout:
+        now, text = time.perf_counter() - t0, line.decode(errors="replace")
+        if READ_LINE.search(text):
+            found, read_at = READ_LINE.search(text), now
+        elif text.startswith("stats artifact:"):
+            artifact_at = now
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0 or found is None or artifact_at is None:
+        raise SystemExit(f"failed: stepnorm stats {cfg} {' '.join(extra)}\n{err[-3000:]}")
+    wall = time.perf_counter() - t0
+    reading, after = float(found.group(5)), float(found.group(6))
+    return {"wall": wall, "startup": read_at - reading - after, "read": reading,
+            "merge": after + (artifact_at - read_at), "shutdown": wall - artifact_at,
+            "spread": f"{found.group(1)} tasks / {found.group(2)} processes ({found.group(3)})"}
+
+
+def runners(label: str, cfg: Path, work: Path) -> None:
+    """FnApiRunner (the default) vs a local Dask cluster with 1 and 2 workers, on one dataset."""
+    rows = {"FnApiRunner (default, in-process)": phased_stats(cfg, work / "r-fn", "--force")}
+    started = {}
+    for n in (1, 2):
+        with dask_cluster(n, Path(tempfile.mkdtemp(prefix="dask-", dir=work))) as (address, seconds):
+            started[n] = seconds
+            rows[f"Dask, {n} worker{'s' if n > 1 else ''}"] = phased_stats(
+                cfg, work / f"r-dask{n}", "--force", "--runner", "DaskRunner", "--dask_client_address", address)
+    base = rows["FnApiRunner (default, in-process)"]["wall"]
+    print(f"\n== runners ({label}; Dask cluster start-up, not counted: "
+          f"{', '.join(f'{n} worker(s) {s:.1f}s' for n, s in started.items())})\n")
+    phases = ("startup", "read", "merge", "shutdown")
+    print(f"{'runner':34s} {'wall s':>7s} {'vs default':>10s}" + "".join(f"{p:>14s}" for p in phases)
+          + "   tasks spread")
+    for name, r in rows.items():
+        shares = "".join(f"{r[k]:7.1f}s {100 * r[k] / r['wall']:4.0f}%" for k in phases)
+        print(f"{name:34s} {r['wall']:7.1f} {r['wall'] / base:9.2f}x{shares}   {r['spread']}")
+    one, two = rows["Dask, 1 worker"], rows["Dask, 2 workers"]
+    print(f"\nDask 2 workers vs 1: wall {one['wall'] / two['wall']:.2f}x faster, read phase "
+          f"{one['read'] / max(two['read'], 1e-9):.2f}x faster; Dask 2 workers vs default: "
+          f"{base / two['wall']:.2f}x ({os.cpu_count()} cores)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="/tmp/bench")
     parser.add_argument("--scale-gb", type=float, default=0.0,
                         help="also measure on a dataset of about this many GB (plus a 5%% addition), where fixed "
                              "start-up costs matter less; it must fit in the page cache to measure the CPU side")
+    parser.add_argument("--only-runners", action="store_true",
+                        help="only the runner comparison (default runner vs a local Dask cluster with 1 and 2 "
+                             "workers), at --scale-gb if given, else on the 1.3 GB set")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from oxe_like import write_oxe_like
 
     data = Path(args.data)
+    if args.only_runners:
+        path = (write_oxe_like(data, args.scale_gb, f"oxe_like_{args.scale_gb:g}g", 3) if args.scale_gb
+                else write_oxe_like(data, 1.3, "oxe_like", 0))
+        size = sum(f.stat().st_size for f in path.glob("*.tfrecord*"))
+        work = Path(tempfile.mkdtemp(prefix="stepnorm-bench-"))
+        try:
+            warm([path])
+            runners(f"{size / 1e9:.2f} GB, {len(list(path.glob('*.tfrecord*')))} shards",
+                    config({path.parent.name: path}, work / "runners.yaml"), work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     big = write_oxe_like(data, 1.3, "oxe_like", 0)
     double = write_oxe_like(data, 2.6, "oxe_like_2x", 1)
     small = write_oxe_like(data, 0.05, "oxe_like_small", 2)
@@ -262,12 +374,14 @@ def main():
         reruns("1x", big, work)
         workers(f"{size[big] / 1e9:.1f} GB", cfg1, work)
         workers(f"{size[double] / 1e9:.1f} GB", cfg2, work)
+        runners(f"{size[big] / 1e9:.2f} GB", cfg1, work)
         if args.scale_gb:
             warm([scale, scale_add])
             print(f"\n== scale: {scale} ({size[scale] / 1e9:.2f} GB)\n")
             incremental("scale", scale, scale_add, size, work)
             reruns("scale", scale, work)
             workers(f"{size[scale] / 1e9:.1f} GB", work / "one-scale.yaml", work)
+            runners(f"{size[scale] / 1e9:.1f} GB", work / "one-scale.yaml", work)
             incremental("scale-cold", scale, scale_add, size, work, cold=True)
             warm([scale])
             _, rows_s = table("scale", scale, size[scale], work)

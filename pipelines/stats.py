@@ -35,11 +35,13 @@ class StatsResult:
     seconds: float
 
 
-def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: ValuesCache) -> None:
-    """Read ``items`` ((cache key, ReadTask) pairs) with Beam into ``cache``."""
+def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: ValuesCache,
+                    log=print) -> None:
+    """Read ``items`` ((cache key, ReadTask) pairs) with Beam into ``cache``; every task's counts
+    are checked against what reached the cache (``stepnorm.pipelines.stats_beam.read_values``)."""
     from stepnorm.pipelines.stats_beam import read_values
 
-    read_values(cfg, items, beam_args, str(cache.root))
+    read_values(cfg, items, beam_args, str(cache.root), log)
 
 
 def accumulate_values(cfg: Config, ds, cache: ValuesCache, keys: list[str]) -> tuple[ChunkStatsAccumulator, DatasetSample]:
@@ -84,7 +86,7 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
         check_widths(cfg)  # masks and dim indices against the declared widths, before any work
         _warn_metadata(cfg, read)
         if todo:
-            read_into_cache(cfg, todo, beam_args, values)
+            read_into_cache(cfg, todo, beam_args, values, log)
         accs, samples = {}, {}
         for ds in cfg.datasets:
             accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, [k for _, k in tasks[ds.name]])

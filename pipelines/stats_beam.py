@@ -16,20 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
+import logging
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
+import uuid
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from stepnorm.config import Config
-from stepnorm.errors import StepnormError, UsageError
+from stepnorm.errors import InputDataError, StepnormError, UsageError
+from stepnorm.pipelines.runners import close_dask_client, dask_pipeline, is_dask, runner_args, runner_name
 from stepnorm.samples import pick_frame
-from stepnorm.sources import read_task
+from stepnorm.sources import ReadTask, read_task
 from stepnorm.values import TaskValues, ValuesCache
 
 
@@ -39,11 +46,12 @@ def make_pipeline_options(beam_args: Sequence[str]) -> tuple[PipelineOptions, ob
     Beam silently discards options it does not know; a typo there would change how a job runs,
     so unknown options are a usage error.
     """
+    beam_args = runner_args(beam_args)  # short runner names; the runner's options registered
     unknown = _unknown_options(tuple(beam_args))
     if unknown:
         raise UsageError(None, f"unknown Beam pipeline option(s): {', '.join('--' + u for u in unknown)}")
     options = PipelineOptions(list(beam_args))
-    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+    if runner_name(beam_args) is not None:
         return options, None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -67,23 +75,34 @@ def _progress_bar(label: str):
                 mininterval=1.0, leave=False)
 
 
+def task_key(task: ReadTask) -> str:
+    """A stable file name for one read task's receipt."""
+    return hashlib.sha1(repr(task).encode()).hexdigest()[:20]
+
+
 class ReadTaskFn(beam.DoFn):
     """(cache key, ReadTask) -> the task's numeric values (before transforms) in the values cache.
 
     Each task is read by one call, its episodes in file order, so its entry is the same bytes
-    whatever the runner, worker count or bundle split.
+    whatever the runner, worker count or bundle split. With ``receipts`` (a directory) each task
+    also writes a receipt once its entry is written: the episodes and steps it read and which
+    worker process read them. Receipts are files, so every runner hands them back the same way,
+    also where pipeline metrics do not (Beam's DaskRunner has none).
     """
 
-    def __init__(self, cfg: Config, cache_root: str):
+    def __init__(self, cfg: Config, cache_root: str, receipts: str | None = None):
         self.cfg = cfg
         self.by_name = {ds.name: ds for ds in cfg.datasets}
         self.cache_root = cache_root
+        self.receipts = receipts
+        # Bound here, so they travel with the pickled DoFn to every worker (and a test can swap them).
+        self.values_type, self.cache_type = TaskValues, ValuesCache
 
     def setup(self):
         self.progress = _progress_bar("reading")
         self.steps, self.started = 0, time.monotonic()
         self.episodes_counter = beam.metrics.Metrics.counter("stepnorm", "episodes_read")
-        self.cache = ValuesCache(self.cache_root)
+        self.cache = self.cache_type(self.cache_root)
 
     def teardown(self):
         self.progress.close()
@@ -92,8 +111,12 @@ class ReadTaskFn(beam.DoFn):
         key, task = item
         ds = self.by_name[task.dataset]
         image_keys = ds.image_keys if ds.format == "rlds" else ()
-        values = TaskValues()
+        values = self.values_type()
+        episodes = steps = 0
+        started = time.time()  # wall clock: comparable across the processes of one machine
         for episode in read_task(ds, task, image_keys=image_keys, transform=False):
+            episodes += 1
+            steps += episode.length
             self.steps += episode.length
             self.progress.update(1)
             self.progress.set_postfix_str(f"{self.steps / max(time.monotonic() - self.started, 1e-9):.0f} steps/s",
@@ -104,28 +127,118 @@ class ReadTaskFn(beam.DoFn):
                               for k, frames in episode.images.items() if len(frames)}
             values.add(episode)
         self.cache.write(key, values, ds.name, task.locator)
+        if self.receipts is not None:
+            receipt = {"dataset": task.dataset, "locator": task.locator, "key": key, "episodes": episodes,
+                       "steps": steps, "worker": f"{socket.gethostname()}:{os.getpid()}", "started": started,
+                       "ended": time.time()}
+            with FileSystems.create(FileSystems.join(self.receipts, f"{task_key(task)}.json")) as handle:
+                handle.write(json.dumps(receipt).encode())
         yield key
 
 
-def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: str) -> None:
-    """Run the Beam pipeline that reads ``items`` ((cache key, ReadTask) pairs) into the cache."""
-    run_beam(beam_args, lambda p: (
-        p
-        | "Tasks" >> beam.Create(items)
-        | "Spread" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(ReadTaskFn(cfg, cache_root))
-    ))
+def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: str,
+                log=print) -> dict[str, tuple[int, int]]:
+    """Run the Beam pipeline that reads ``items`` ((cache key, ReadTask) pairs) into the cache.
+
+    Counts in equal counts out on every runner: every task must leave a receipt (a runner that
+    drops a task fails the run), an RLDS task must have read its whole share of the split, and its
+    cache entry must hold what it read. Returns each dataset's (episodes, steps) read.
+    """
+    by_name = {ds.name: ds for ds in cfg.datasets}
+    tasks = [task for _, task in items]
+    receipts = FileSystems.join(cache_root, f".receipts-{uuid.uuid4().hex}")
+    FileSystems.mkdirs(receipts)
+    try:
+        submitted = time.time()
+        run_beam(beam_args, lambda p: (
+            p
+            | "Tasks" >> beam.Create(items)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(ReadTaskFn(cfg, cache_root, receipts))
+        ))
+        read = _check_receipts(by_name, tasks, receipts, submitted, time.time(), log)
+        cache = ValuesCache(cache_root)
+        for key, task in items:
+            receipt = _receipt(receipts, task)
+            if not cache.has(key):
+                raise InputDataError(by_name[task.dataset].path, f"workers read {receipt['episodes']} episodes of "
+                                                                 f"dataset {task.dataset!r} but its statistics never "
+                                                                 f"arrived (the read values were dropped on the way "
+                                                                 f"to the cache)")
+            got = cache.counts(key, task.dataset)
+            if got != (receipt["episodes"], receipt["steps"]):
+                raise InputDataError(by_name[task.dataset].path,
+                                     f"workers read {receipt['episodes']} episodes ({receipt['steps']} steps) but "
+                                     f"{got[0]} ({got[1]} steps) reached the statistics (episodes in != episodes out)")
+        return read
+    finally:
+        if FileSystems.exists(receipts):
+            FileSystems.delete([receipts])
+
+
+def _receipt(receipts: str, task: ReadTask) -> dict | None:
+    path = FileSystems.join(receipts, f"{task_key(task)}.json")
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())
+
+
+def _check_receipts(by_name, tasks: list[ReadTask], receipts: str, submitted: float, finished: float,
+                    log) -> dict[str, tuple[int, int]]:
+    """Every task's receipt is there (and an RLDS task read its whole shard slice); returns each
+    dataset's (episodes, steps) read.
+
+    Logs how the tasks were spread over worker processes and where the job's time went: from
+    submitting it to the first read (start-up: workers, shipping the pipeline), reading (first read
+    started to last read done; the per-episode accumulation too where the runner fuses it with the
+    read, as the FnApiRunner does) and from the last read to the job's end (combining, staging).
+    """
+    read: dict[str, tuple[int, int]] = {}
+    workers: dict[str, int] = {}
+    first, last = finished, submitted
+    for task in tasks:
+        ds = by_name[task.dataset]
+        receipt = _receipt(receipts, task)
+        if receipt is None:
+            raise InputDataError(task.locator, "this read task never finished on a worker (the runner dropped it, or its workers run "
+                                               "another stepnorm version; tasks in != tasks out)")
+        if ds.format == "rlds" and receipt["episodes"] != task.take:
+            raise InputDataError(task.locator, f"read {receipt['episodes']} episodes but the split holds {task.take}")
+        episodes, steps = read.get(task.dataset, (0, 0))
+        read[task.dataset] = (episodes + receipt["episodes"], steps + receipt["steps"])
+        workers[receipt["worker"]] = workers.get(receipt["worker"], 0) + 1
+        first, last = min(first, receipt["started"]), max(last, receipt["ended"])
+    spread = ", ".join(f"{w} {n}" for w, n in sorted(workers.items()))
+    log(f"read {len(tasks)} tasks in {len(workers)} worker processes ({spread}); job start "
+        f"{max(0.0, first - submitted):.1f}s, reading {max(0.0, last - first):.1f}s, then "
+        f"{max(0.0, finished - last):.1f}s to the job's end")
+    return read
 
 
 def run_beam(beam_args: Sequence[str], build) -> None:
     """Build a pipeline with ``build(p)`` and run it to completion (FnApiRunner unless ``--runner``).
 
-    A StepnormError raised inside a worker comes back as itself, so the CLI prints one line.
+    A StepnormError raised inside a worker comes back as itself (or is rebuilt from the traceback
+    text a portable runner relays), so the CLI prints one line.
+
+    On Beam's DaskRunner the pipeline's shape is checked first (``dask_pipeline``) and the read
+    or write tasks are spread over the cluster's workers, with a line on stdout saying how.
     """
     options, runner = make_pipeline_options(beam_args)
+    dask = is_dask(runner_args(beam_args))
+    result = None
     try:
-        with _worker_output_kept_aside(options), beam.Pipeline(runner=runner, options=options) as p:
+        with _worker_output_kept_aside(options), _relayed_errors_kept_out():
+            p = beam.Pipeline(runner=runner, options=options)
             build(p)
+            if dask:
+                p, split = dask_pipeline(p, options)
+                print(split, flush=True)
+                result = p.run(test_runner_api=False)  # dask_pipeline made the runner-API round trip
+            else:
+                result = p.run()
+            result.wait_until_finish()
     except StepnormError:
         raise
     except Exception as exc:  # Beam wraps worker exceptions; surface ours
@@ -133,6 +246,9 @@ def run_beam(beam_args: Sequence[str], build) -> None:
         if inner is not None:
             raise inner from None
         raise
+    finally:
+        if dask:
+            close_dask_client(result)
 
 
 @contextlib.contextmanager
@@ -201,4 +317,28 @@ def _stepnorm_error_from_text(text: str) -> StepnormError | None:
     return error
 
 
-__all__ = ["ReadTaskFn", "make_pipeline_options", "read_values", "run_beam"]
+class _RelayedStepnormError(logging.Filter):
+    """Drops a job message that relays a worker's StepnormError: the launcher raises that error
+    itself, and the CLI prints it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or _stepnorm_error_from_text(record.getMessage()) is None
+
+
+@contextlib.contextmanager
+def _relayed_errors_kept_out():
+    """While a job runs: the portable runner logs each error message of the job service (a worker's
+    whole traceback) on the root logger, not Beam's, before raising it; keep those of stepnorm's own
+    errors out. ``STEPNORM_DEBUG=1`` (``--debug``) keeps them."""
+    if os.environ.get("STEPNORM_DEBUG") == "1":
+        yield
+        return
+    root, relayed = logging.getLogger(), _RelayedStepnormError()
+    root.addFilter(relayed)
+    try:
+        yield
+    finally:
+        root.removeFilter(relayed)
+
+
+__all__ = ["ReadTaskFn", "make_pipeline_options", "read_values", "run_beam", "task_key"]

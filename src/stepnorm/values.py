@@ -137,6 +137,15 @@ class ValuesCache:
             os.utime(info)
         return payload
 
+    def counts(self, key: str, dataset: str) -> tuple[int, int]:
+        """(episodes, steps) the entry ``key`` holds (read from its episode lengths only)."""
+        try:
+            with np.load(io.BytesIO(self.read(key)), allow_pickle=False) as z:
+                lengths = z["lengths"]
+                return int(len(lengths)), int(lengths.sum())
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise _corrupt(self.path(key), f"unreadable ({exc})") from None
+
     def episodes(self, keys: list[str], dataset: str) -> Iterator[Episode]:
         """Every episode of the entries ``keys`` in order, as read (before transforms), episodes in
         file order; images hold the one frame per key the validators' sample may use."""
