@@ -1,11 +1,10 @@
 """Compare a stats artifact computed on another runner with the default runner's, and with the data.
 
-``BIT_IDENTICAL`` is the one switch: once statistics are deterministic (exact quantiles, a fixed
-merge order; SPEC "Numerics"), set it to True and every runner's ``stats.json`` must equal the
-default runner's byte for byte (apart from ``created``), and so must the normalized shards of
-``run --force``. Until then: counts, min and max exact, moments to a relative 1e-12 (float64 merges
-in another order), and each quantile within the sketch's documented rank bound of the data (decoded
-by TFDS, independently of stepnorm's reader).
+Statistics are deterministic (exact quantiles, a fixed merge order; SPEC "Numerics"): every
+runner's ``stats.json`` must equal the default runner's byte for byte (apart from ``created``), and
+so must the normalized shards of ``run --force``. Each number is also checked against the data
+(decoded by TFDS, independently of stepnorm's reader): counts, min and max exact, moments to a
+relative 1e-12, each quantile within ``RANK_TOL`` of its rank.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import numpy as np
 import yaml
 from reference import RANK_TOL, chunk_entries, rank_error
 
-BIT_IDENTICAL = False
 MOMENT_RTOL = 1e-12
 # Top-level entries that name the run, not the statistics.
 RUN_KEYS = {"created"}
@@ -63,10 +61,7 @@ def config_data(config_path: Path) -> dict:
 def assert_same_stats(local: dict, other: dict, data: dict) -> None:
     """``other`` (another runner's stats.json) describes the same data as ``local`` (the default's)."""
     strip = lambda doc, also=(): {k: v for k, v in doc.items() if k not in RUN_KEYS | set(also)}  # noqa: E731
-    if BIT_IDENTICAL:
-        assert json.dumps(strip(local), sort_keys=True) == json.dumps(strip(other), sort_keys=True)
-        return
-    # The checksum of the numbers differs with the last bits of any moment; each number is checked.
+    assert json.dumps(strip(local), sort_keys=True) == json.dumps(strip(other), sort_keys=True)
     local, other = strip(local, ["checksum"]), strip(other, ["checksum"])
     quantile_keys = {f"q{int(round(q * 100)):02d}" for q in local["quantiles"]}
     checked = {"quantile": 0, "moment": 0}
@@ -109,12 +104,22 @@ def assert_same_stats(local: dict, other: dict, data: dict) -> None:
     assert checked["quantile"] and checked["moment"]
 
 
-def run_cli(args, capsys):
-    """``stepnorm ARGS`` in-process: (exit code, stdout, stderr)."""
+def run_cli(args, capsys, cache: Path | None = None):
+    """``stepnorm ARGS`` in-process: (exit code, stdout, stderr); with ``cache``, reading into that
+    values cache (a fresh one makes the runner under test read every task itself)."""
+    import os
+
     from stepnorm.cli import main
 
     capsys.readouterr()
-    code = main(args)
+    saved = os.environ.get("STEPNORM_CACHE")
+    if cache is not None:
+        os.environ["STEPNORM_CACHE"] = str(cache)
+    try:
+        code = main(args)
+    finally:
+        if saved is not None:
+            os.environ["STEPNORM_CACHE"] = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -124,20 +129,21 @@ def check_against_default_runner(cfg: Path, runner_args: list[str], tmp_path: Pa
     runner gives.
 
     Statistics as ``assert_same_stats``; normalized shards byte-identical to the default runner's
-    from the same statistics (and to its ``run --force`` once ``BIT_IDENTICAL``); episode counts in
+    from the same statistics and to its ``run --force``; episode counts in
     the manifest. Returns the run's stdout for runner-specific checks.
     """
     from stepnorm.cli import main
 
-    code, _, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "local"), "--force"], capsys)
+    code, _, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "local"), "--force"], capsys,
+                         cache=tmp_path / "cache-local")
     assert code == 0
     local = load_stats(tmp_path / "local" / "stats" / "stats.json")
     n = len(local["datasets"])
-    code, out, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "other"), "--force"] + runner_args, capsys)
+    code, out, _ = run_cli(["run", str(cfg), "--out", str(tmp_path / "other"), "--force"] + runner_args, capsys,
+                           cache=tmp_path / "cache-other")
     assert code == 0
     assert_same_stats(local, load_stats(tmp_path / "other" / "stats" / "stats.json"), config_data(cfg))
-    if BIT_IDENTICAL:
-        assert assert_same_shards(tmp_path / "local" / "normalized", tmp_path / "other" / "normalized") == n
+    assert assert_same_shards(tmp_path / "local" / "normalized", tmp_path / "other" / "normalized") == n
     # The other runner's normalize writes exactly what the default runner writes from the same statistics.
     assert main(["normalize", str(cfg), "--stats", str(tmp_path / "other" / "stats"),
                  "--out", str(tmp_path / "local_from_other_stats")]) == 0
@@ -163,8 +169,9 @@ def corrupt_sample(sample_config: Path, tmp_path: Path) -> Path:
 
 def check_same_error(config: Path, runner_args: list[str], tmp_path: Path, capsys) -> None:
     """``stats`` fails with the same exit code and one-line error as on the default runner."""
-    local = run_cli(["stats", str(config), "--out", str(tmp_path / "local")], capsys)
-    other = run_cli(["stats", str(config), "--out", str(tmp_path / "other")] + runner_args, capsys)
+    local = run_cli(["stats", str(config), "--out", str(tmp_path / "local")], capsys, cache=tmp_path / "cache-local")
+    other = run_cli(["stats", str(config), "--out", str(tmp_path / "other")] + runner_args, capsys,
+                    cache=tmp_path / "cache-other")
     assert local[0] == other[0] == 2
     assert len(local[2].splitlines()) == 1 and local[2].startswith("stepnorm: error: ")
     assert "real_pick-train.tfrecord" in local[2]

@@ -23,6 +23,12 @@ from stepnorm.cli import main
 pytest.importorskip("distributed", reason="Dask is not installed (pip install 'stepnorm[dask]')")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_values_cache(tmp_path, monkeypatch):
+    """Each test reads its data through the runner under test, not from an earlier test's values cache."""
+    monkeypatch.setenv("STEPNORM_CACHE", str(tmp_path / "values-cache"))
+
+
 def dask_args(address):
     return ["--runner", "DaskRunner", "--dask_client_address", address]
 

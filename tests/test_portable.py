@@ -15,6 +15,12 @@ from cluster_fixtures import bridge_config, portable_services, sample_config  # 
 from runner_compare import check_against_default_runner, check_same_error, corrupt_sample, run_cli
 
 
+@pytest.fixture(autouse=True)
+def _fresh_values_cache(tmp_path, monkeypatch):
+    """Each test reads its data through the runner under test, not from an earlier test's values cache."""
+    monkeypatch.setenv("STEPNORM_CACHE", str(tmp_path / "values-cache"))
+
+
 @pytest.mark.parametrize("which", ["sample", "bridge"])
 def test_stats_and_run_on_the_portable_runner_equal_the_default_runner(which, request, portable_services, tmp_path,
                                                                          capsys):
