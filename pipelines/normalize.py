@@ -5,7 +5,10 @@ config reads. Every RLDS episode keeps its original ``tf.train.Example`` feature
 stay the original encoded bytes); the pipeline adds, per step:
 
 - ``steps/action_chunk`` float32 ``[H, D]``: the chunk ``A_t[k] = a_{t+k}`` (delta dims relative
-  to ``s_t``), padded by repeating the last action, normalized with the per-timestep statistics;
+  to ``s_t``), padded by repeating the last action, normalized with the statistics of the config's
+  per-timestep decision (``normalization.action.per_timestep``: ``per_timestep`` rows, or the
+  ``pooled`` / ``global`` vector), recorded as ``action_statistics`` in MANIFEST.json and in each
+  dataset's TFDS metadata;
 - ``steps/action_chunk_valid`` bool ``[H]``: False on padded positions;
 - ``steps/observation/state_normalized`` float32 ``[Ds]`` when ``normalization.state`` is set.
 
@@ -108,8 +111,9 @@ class EpisodeNormalizer:
         """From the config's normalization specs and the combined (or the dataset's) statistics."""
         source = None if cfg.normalize_with == "combined" else dataset
         spec = cfg.normalization["action"]
-        action = Normalizer(artifact.stats("action", "global", source), artifact.stats("action", "per_timestep", source),
-                            mode=spec.mode, mask=spec.mask, clip=spec.clip, allow_empty_positions=True)
+        # The artifact's decision (checked fresh for cfg, so it is cfg's) picks the statistics block.
+        action = Normalizer.from_artifact(artifact, "action", source, mode=spec.mode, mask=spec.mask, clip=spec.clip,
+                                          allow_empty_positions=True)
         state = None
         if "state" in cfg.normalization:
             spec = cfg.normalization["state"]
@@ -121,7 +125,8 @@ class EpisodeNormalizer:
         """The step fields the pipeline adds, nested as in the features: ``{"steps": {...}}``."""
         try:
             chunk, valid = action_chunks(episode.action, episode.state, self.horizon, self.delta_mask)
-            steps = {ACTION_CHUNK: self.action.normalize(chunk, chunked=True).astype(np.float32),
+            # [T, H, D]: per position under a per-timestep decision, else the decision's [D] vector.
+            steps = {ACTION_CHUNK: self.action.normalize(chunk).astype(np.float32),
                      ACTION_CHUNK_VALID: valid}
             if self.state is not None:
                 if episode.state is None:
@@ -545,7 +550,8 @@ def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: 
         description += "\n\n" + (info.description or "")
         kwargs = {"homepage": info.homepage, "citation": info.citation}
     metadata = tfds.core.MetadataDict(stepnorm={"stats_fingerprint": artifact.fingerprint, "source": source,
-                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with})
+                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with,
+                                                "action_statistics": artifact.decision.as_dict()})
     tfds.folder_dataset.write_metadata(data_dir=data_dir, features=_feature_from_json(plan.features_json),
                                        split_infos=[split_info], filename_template=template, check_data=False,
                                        description=description, metadata=metadata, disable_shuffling=True, **kwargs)
@@ -560,7 +566,7 @@ def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPla
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stats": f"{STATS_SUBDIR}/stats.json", "stats_fingerprint": artifact.fingerprint,
         "horizon": cfg.horizon, "normalize_with": cfg.normalize_with, "normalization": norm,
-        "delta_mask": cfg.delta_mask,
+        "delta_mask": cfg.delta_mask, "action_statistics": artifact.decision.as_dict(),
         "fields": {"action_chunk": f"steps/{ACTION_CHUNK}", "action_chunk_valid": f"steps/{ACTION_CHUNK_VALID}",
                    "state_normalized": f"steps/observation/{STATE_NORMALIZED}" if "state" in cfg.normalization else None},
         "datasets": {

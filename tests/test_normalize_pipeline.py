@@ -90,8 +90,17 @@ def _records_of(file):
     return list(tf.data.TFRecordDataset(str(file)).as_numpy_iterator())
 
 
+def expected_block(cfg):
+    """The statistics block the config's per-timestep decision uses (written out, not imported):
+    auto is on with a delta_mask; off is pooled with a delta_mask and global without."""
+    setting = cfg["normalization"]["action"].get("per_timestep", "auto")
+    delta = cfg.get("delta_mask") is not None and any(cfg["delta_mask"])
+    on = delta if setting == "auto" else setting
+    return "per_timestep" if on else ("pooled" if delta else "global")
+
+
 def _reference_unnormalize(y, stats, spec):
-    """SPEC section 4 inverse from stats.json arrays (``stats`` per_timestep ``[H, D]``)."""
+    """SPEC section 4 inverse from stats.json arrays (``stats`` ``[H, D]`` or ``[D]``)."""
     mask = np.asarray(spec.get("mask") or [True] * y.shape[-1])
     if spec["mode"] == "mean_std":
         center, scale = np.asarray(stats["mean"]), np.asarray(stats["std"])
@@ -126,7 +135,8 @@ def check_dataset(out_eps, raw_eps, stats_doc, dataset, cfg, require_clip_check=
     block = stats_doc["combined"] if cfg.get("normalize_with", "combined") == "combined" else stats_doc["datasets"][dataset]
     spec = cfg["normalization"]["action"]
     clip = spec.get("clip", spec["mode"] != "mean_std")
-    pt = {k: np.asarray(v, np.float64) for k, v in block["action"]["per_timestep"].items()}
+    pt = {k: np.asarray(v, np.float64) for k, v in block["action"][expected_block(cfg)].items()}
+    assert stats_doc["action_statistics"]["block"] == expected_block(cfg)
     assert len(out_eps) == len(raw_eps)
     short = clipped_seen = 0
     for ep, (action, state) in zip(out_eps, raw_eps):
@@ -205,10 +215,13 @@ def test_manifest_metadata_and_stats_copy(sample_run):
     manifest = json.loads((out / "MANIFEST.json").read_text())
     stats = json.loads((sample_run / "stats" / "stats.json").read_text())
     assert manifest["stats_fingerprint"] == stats["fingerprint"]
+    # the decision the output was normalized with is recorded beside the statistics it names
+    assert manifest["action_statistics"] == stats["action_statistics"]
     assert (out / "stats" / "stats.json").read_bytes() == (sample_run / "stats" / "stats.json").read_bytes()
     for name, entry in manifest["datasets"].items():
         builder = tfds.builder_from_directory(str(out / entry["path"]))
         assert builder.info.metadata["stepnorm"]["stats_fingerprint"] == stats["fingerprint"]
+        assert builder.info.metadata["stepnorm"]["action_statistics"] == stats["action_statistics"]
         assert stats["fingerprint"] in builder.info.description
         assert builder.info.splits["train"].num_examples == entry["episodes"] == stats["datasets"][name]["num_episodes"]
         shards = sorted(p.name for p in (out / entry["path"]).glob("*.tfrecord-*"))

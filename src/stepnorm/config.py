@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from stepnorm.errors import ConfigError
-from stepnorm.normalize import MODES
+from stepnorm.normalize import MODES, PER_TIMESTEP_CHOICES, Decision, resolve_decision
 from stepnorm.paths import is_remote
 from stepnorm.stats.combine import WEIGHTINGS, quantile_key
 from stepnorm.stats.sketch import DEFAULT_SKETCH_K
@@ -35,11 +35,16 @@ MAX_SKETCH_K = 65535
 
 @dataclass
 class NormSpec:
-    """How one key is normalized."""
+    """How one key is normalized.
+
+    ``per_timestep`` (actions only): ``auto`` (on with a delta_mask), True or False; see
+    ``stepnorm.normalize.resolve_decision``.
+    """
 
     mode: str = "mean_std"
     mask: list[bool] | None = None
     clip: bool | None = None
+    per_timestep: str | bool = "auto"
 
 
 @dataclass
@@ -84,6 +89,11 @@ class Config:
         out.pop("path")
         return out
 
+    def action_decision(self) -> Decision:
+        """The one per-timestep decision for this config's actions (and which block it uses)."""
+        spec = self.normalization.get("action", NormSpec())
+        return resolve_decision(spec.per_timestep, self.delta_mask)
+
     def statistics_config(self) -> dict:
         """What the statistics depend on (part of every dataset's cache key)."""
         return {"horizon": self.horizon, "quantiles": self.quantiles, "delta_mask": self.delta_mask,
@@ -93,7 +103,7 @@ class Config:
 _TOP_KEYS = {"horizon", "quantiles", "weighting", "delta_mask", "normalization", "normalize_with", "model",
              "datasets", "validators", "sketch_k"}
 _DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__}
-_NORM_KEYS = {"mode", "mask", "clip"}
+_NORM_KEYS = {"mode", "mask", "clip", "per_timestep"}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -170,7 +180,12 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
         clip = spec.get("clip")
         if clip is not None and not isinstance(clip, bool):
             raise ConfigError(where, f"normalization.{key}.clip must be true or false, got {clip!r}")
-        normalization[key] = NormSpec(mode, mask, clip)
+        per_timestep = spec.get("per_timestep", "auto")
+        if per_timestep not in PER_TIMESTEP_CHOICES or (per_timestep != "auto" and not isinstance(per_timestep, bool)):
+            raise ConfigError(where, f"normalization.{key}.per_timestep must be auto, true or false, got {per_timestep!r}")
+        if key != "action" and per_timestep != "auto":
+            raise ConfigError(where, f"normalization.{key}.per_timestep: only actions have per-timestep statistics")
+        normalization[key] = NormSpec(mode, mask, clip, per_timestep)
     needs_q = any(s.mode == "q01_q99" for s in normalization.values())
     if needs_q and not {0.01, 0.99} <= set(quantiles):
         raise ConfigError(where, "normalization mode q01_q99 needs 0.01 and 0.99 in quantiles")

@@ -52,9 +52,12 @@ def _entry(src: ExportSource, stats_from: str | None, counts_from: str | None) -
 
 def export(src: ExportSource, out: Path) -> list[Path]:
     """Write ``dataset_statistics.json`` (flat for one dataset, nested per name for a mixture)."""
-    if src.per_timestep:
+    if src.per_timestep and src.explicit:
         raise ExportError(src.where, "Octo/OpenVLA normalize each step before chunking and have no per-timestep "
                                      "statistics; export with --per-timestep off (or auto), or use openpi/lerobot")
+    if src.action_block != "global":
+        src.warn(f"Octo/OpenVLA normalize each stored step with one [D] vector: exporting the 'global' action "
+                 f"statistics, not the artifact's {src.action_block!r} ones")
     names = src.artifact.dataset_names
     if src.dataset is not None or len(names) == 1:
         doc = _entry(src, src.dataset, src.dataset)
