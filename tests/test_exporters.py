@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from gen import make_episodes
+from reference import RANK_TOL, rank_error, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
 from stepnorm.cli import main
@@ -211,17 +212,40 @@ def test_lerobot_matches_stepnorm_per_timestep(real, tmp_path, lerobot_mode, mod
         assert_consumer_matches(consumer[rows, k], ours[rows, k], denom[k], 1e-8, p.active[k], f"lerobot k={k}")
 
 
+def openvla_get_action_stats(norm_stats, unnorm_key=None):
+    """OpenVLA's lookup: nested per dataset name; ``None`` only when exactly one name is present."""
+    if unnorm_key is None:
+        assert len(norm_stats) == 1, f"unnorm_key needed, choose from {list(norm_stats)}"
+        unnorm_key = next(iter(norm_stats))
+    assert unnorm_key in norm_stats, f"{unnorm_key!r} not in {list(norm_stats)}"
+    return norm_stats[unnorm_key]["action"]
+
+
 @pytest.mark.parametrize("consumer_fn", [octo_normalize, openvla_normalize])
 def test_octo_openvla_bounds_match_stepnorm(real, tmp_path, consumer_fn):
     art_dir, episodes, delta, mask = real
-    (path,) = run_export(art_dir, "octo", tmp_path)
-    doc = json.loads(path.read_text())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (path,) = run_export(art_dir, "octo", tmp_path)
+    # with a delta_mask the export says Octo will not apply it
+    assert any("without the config's delta_mask" in str(w.message) for w in caught) == (delta is not None)
+    nested = json.loads(path.read_text())
+    (name,) = nested  # always nested under the dataset name, also for one dataset
+    assert openvla_get_action_stats(nested) == openvla_get_action_stats(nested, name)
+    doc = nested[name]
     assert doc["num_trajectories"] == len(episodes)
     assert doc["num_transitions"] == sum(len(a) for a, _ in episodes)
     assert doc["action"]["mask"] == mask
-    # Octo normalizes each step (the chunk's first entry, with the delta if configured).
-    x = chunks(episodes, 1, delta)[0][:, 0]
-    norm = Normalizer(read_artifact(art_dir).stats("action", "global"), mode="q01_q99", mask=mask)
+    # Octo's loader normalizes the stored actions, one step at a time (no delta transform).
+    x = np.concatenate([a for a, _ in episodes])
+    _, mean, std, vmin, vmax = two_pass(x)
+    np.testing.assert_allclose(doc["action"]["mean"], mean, rtol=1e-9, atol=1e-9 * std.max())
+    np.testing.assert_allclose(doc["action"]["std"], std, rtol=1e-9, atol=1e-9 * std.max())
+    np.testing.assert_array_equal(doc["action"]["min"], vmin)
+    np.testing.assert_array_equal(doc["action"]["max"], vmax)
+    for d in range(x.shape[1]):
+        assert rank_error(x[:, d], doc["action"]["q99"][d], 0.99) <= RANK_TOL
+    norm = Normalizer(read_artifact(art_dir).stats("action", "raw" if delta else "global"), mode="q01_q99", mask=mask)
     g = norm.global_params
     consumer = consumer_fn(x, doc["action"])
     assert_consumer_matches(consumer, norm.normalize(x), 2 * g.scale, 1e-8, g.active, consumer_fn.__name__)
@@ -301,7 +325,7 @@ def test_octo_mixture_nests_per_dataset(tmp_path):
         # normalize_with: combined (default): every dataset was normalized with the mixture statistics
         np.testing.assert_array_equal(doc[name]["action"]["p99"], art.stats("action", "global")["q99"])
         assert doc[name]["action"]["mask"] == mask
-    one = json.loads(run_export(art_dir, "octo", tmp_path / "one", dataset="real")[0].read_text())
+    one = json.loads(run_export(art_dir, "octo", tmp_path / "one", dataset="real")[0].read_text())["real"]
     assert "action" in one and one["num_trajectories"] == 20
     np.testing.assert_array_equal(one["action"]["mean"], art.stats("action", "global", "real")["mean"])
 

@@ -241,10 +241,12 @@ def validate_artifact(doc: Any, where: str) -> None:
     for bname, block in blocks.items():
         if not isinstance(block, dict):
             raise ArtifactError(where, f"{bname} is not an object")
-        for key, kinds in (("action", ("global", "per_timestep", "pooled")), ("state", ("global",))):
+        for key, kinds in (("action", ("global", "per_timestep", "pooled", "raw")), ("state", ("global",))):
             if key not in block:
                 continue
             for kind in kinds:
+                if kind == "raw" and isinstance(block[key], dict) and "raw" not in block[key]:
+                    continue  # only with a delta_mask: the stored (non-delta) actions, for Octo
                 stats = block[key].get(kind) if isinstance(block[key], dict) else None
                 if not isinstance(stats, dict):
                     raise ArtifactError(where, f"{bname}.{key}.{kind} is missing")

@@ -89,6 +89,8 @@ class FinalStats:
         global_: action cells ``[D]`` over each step once (the chunk's first entry, ``A_t[0]``).
         pooled: action cells ``[D]`` over all valid chunk entries of all positions.
         state: state cells ``[Ds]`` or None.
+        raw: with a delta_mask, action cells ``[D]`` over each stored (non-delta) action once
+            (``global`` without a delta_mask); None without one, or when unknown.
     """
 
     horizon: int
@@ -98,6 +100,7 @@ class FinalStats:
     global_: CellStats | None
     pooled: CellStats | None
     state: CellStats | None
+    raw: CellStats | None = None
 
     @classmethod
     def from_accumulator(cls, acc) -> "FinalStats":
@@ -140,7 +143,16 @@ class FinalStats:
         if "state" in acc.groups:
             sg = acc.groups["state"]
             state = CellStats(sg.moments.copy(), [copy_sketch(s) for s in sg.sketches.sketches], k)
-        return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state)
+        raw = None
+        if len(delta) and "raw" in acc.groups:
+            raw_m = global_.moments.copy()
+            raw_sk = list(global_.sketches)
+            rg = acc.groups["raw"]
+            _put(raw_m, (delta,), rg.moments)
+            for j, dim in enumerate(delta):
+                raw_sk[dim] = copy_sketch(rg.sketches.cell((j,)))
+            raw = CellStats(raw_m, [copy_sketch(s) for s in raw_sk], k)
+        return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state, raw)
 
     def to_dict(self, quantiles: Sequence[float]) -> dict:
         """``{"num_episodes", "num_steps", "action": {"global", "per_timestep", "pooled"}, "state": {"global"}}``."""
@@ -151,6 +163,8 @@ class FinalStats:
                 "per_timestep": self.per_timestep.to_dict(quantiles),
                 "pooled": self.pooled.to_dict(quantiles),
             }
+            if self.raw is not None:
+                out["action"]["raw"] = self.raw.to_dict(quantiles)
         if self.state is not None:
             out["state"] = {"global": self.state.to_dict(quantiles)}
         return out
@@ -177,7 +191,7 @@ def combine(parts: Sequence[tuple[FinalStats, float]], weighting: str = "samples
     if len(horizons) != 1:
         raise ValueError(f"cannot combine statistics with different horizons {sorted(horizons)}")
     with_data = [(p, w) for p, w in parts if p.per_timestep is not None]
-    fields = ("per_timestep", "global_", "pooled", "state")
+    fields = ("per_timestep", "global_", "pooled", "state", "raw")
     combined = {}
     for name in fields:
         cells = [(getattr(p, name), w) for p, w in with_data if getattr(p, name) is not None]
