@@ -17,6 +17,8 @@ from test_exporters import build_artifact, chunks, read_lerobot_episodes
 
 from stepnorm.artifact import read_artifact
 from stepnorm.exporters import run_export
+from stepnorm.errors import ArtifactError
+from stepnorm.integrations import octo as sn_octo
 from stepnorm.integrations import openpi as sn_openpi
 from stepnorm.integrations.robomimic import ChunkNormalizer, unnormalize_chunk
 
@@ -203,6 +205,9 @@ def test_octo_stored_actions_then_chunks(real, tmp_path):
     with _maybe_warns(delta is not None):
         (path,) = run_export(art_dir, "octo", tmp_path)
     stats = json.loads(path.read_text())[name]["action"]
+    entry = sn_octo.load_statistics(path)  # OpenVLA-style lookup: the only name
+    np.testing.assert_array_equal(sn_octo.load_statistics(path, name)["action"]["std"], entry["action"]["std"])
+    np.testing.assert_array_equal(entry["action"]["mean"], stats["mean"])
     _, mean, std, _, _ = two_pass(np.concatenate([a for a, _ in episodes]))
     for e, (action, _) in enumerate(episodes[:5]):
         y = octo_normalize_normal(action, stats)
@@ -214,9 +219,12 @@ def test_octo_stored_actions_then_chunks(real, tmp_path):
             starts = np.arange(batch) % len(action)
             windows = np.stack([y[np.minimum(np.arange(t, t + H), len(action) - 1)] for t in starts])
             raw = octo_unnormalize_normal(windows, stats)[:, :N_ACTION_STEPS]
+            ours = sn_octo.unnormalize_chunk(windows, entry, mode="normal")[:, :N_ACTION_STEPS]
             for b, t in enumerate(starts):
                 np.testing.assert_allclose(raw[b], _raw_chunk(action, t, N_ACTION_STEPS), rtol=1e-9,
                                            atol=1e-6 * np.abs(action).max())
+                # stepnorm's unnormalize of the same prediction with the same entry: the same actions
+                np.testing.assert_allclose(ours[b], raw[b], rtol=1e-9, atol=1e-6 * np.abs(action).max())
 
 
 def _maybe_warns(expected):
@@ -225,3 +233,26 @@ def _maybe_warns(expected):
     from stepnorm.normalize import DecisionWarning
 
     return pytest.warns(DecisionWarning, match="without the config's delta_mask") if expected else contextlib.nullcontext()
+
+
+def test_octo_lookup_is_openvla_s(tmp_path):
+    """Nested only; no name works only with exactly one dataset; unknown names list the choices."""
+    import json
+
+    entry = {"action": {f: [0.0, 1.0] for f in ("mean", "std", "min", "max", "p01", "p99")},
+             "num_transitions": 2, "num_trajectories": 1}
+    (tmp_path / "one.json").write_text(json.dumps({"bridge_ds": entry}))
+    (tmp_path / "two.json").write_text(json.dumps({"a": entry, "b": entry}))
+    (tmp_path / "flat.json").write_text(json.dumps(entry))
+    assert sn_octo.load_statistics(tmp_path / "one.json")["num_trajectories"] == 1
+    with pytest.raises(ArtifactError, match=r"choose one of \['a', 'b'\]"):
+        sn_octo.load_statistics(tmp_path / "two.json")
+    with pytest.raises(ArtifactError, match="no dataset 'c'"):
+        sn_octo.load_statistics(tmp_path / "two.json", "c")
+    with pytest.raises(ArtifactError, match="nested under dataset names"):
+        sn_octo.load_statistics(tmp_path / "flat.json")
+    # bounds: constant dims (p01 == p99) give 0, as OpenVLA; Octo's own formula gives -1 there
+    const = sn_octo.load_statistics(tmp_path / "one.json")
+    const["action"]["p01"] = const["action"]["p99"] = np.array([0.5, 1.0])
+    y = sn_octo.normalizer(const).normalize(np.array([[0.5, 3.0]]))
+    np.testing.assert_array_equal(y, [[0.0, 0.0]])
