@@ -128,3 +128,51 @@ def test_every_path_gives_the_same_numbers(run, episodes, tmp_path):
             y = octo_normalize(x, doc["action"])
             inside = valid & (np.abs(want) < 1).all(axis=-1)  # Octo clips to [-1, 1]
             _check(y, want, inside, "octo", 1e-6)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("yes", "must be auto, true or false"),
+    (1, "must be auto, true or false"),
+])
+def test_per_timestep_config_values(value, message, tmp_path):
+    from stepnorm.config import parse_config
+    from stepnorm.errors import ConfigError
+
+    ds = {"name": "d", "format": "lerobot", "path": str(tmp_path)}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"horizon": 4, "datasets": [ds], "normalization": {"action": {"per_timestep": value}}})
+    with pytest.raises(ConfigError, match="only actions have per-timestep"):
+        parse_config({"horizon": 4, "datasets": [ds], "normalization": {"state": {"per_timestep": True}}})
+
+
+@pytest.mark.parametrize("setting, delta, block", [
+    ("auto", None, "global"), ("auto", [True, False], "per_timestep"), (True, None, "per_timestep"),
+    (False, [True, False], "pooled"), (False, None, "global"), (True, [True, False], "per_timestep"),
+])
+def test_resolved_decision(setting, delta, block, tmp_path):
+    from stepnorm.config import parse_config
+
+    raw = {"horizon": 4, "datasets": [{"name": "d", "format": "lerobot", "path": str(tmp_path)}],
+           "normalization": {"action": {"per_timestep": setting}}}
+    if delta:
+        raw["delta_mask"] = delta
+    decision = parse_config(raw).action_decision()
+    assert (decision.block, decision.per_timestep) == (block, block == "per_timestep")
+
+
+def test_overrides_warn_naming_both(run, tmp_path):
+    """An adapter or export asked for another block than the decision says so, naming both."""
+    from stepnorm.normalize import DecisionWarning
+
+    root, cfg = run
+    art = read_artifact(root / "stats")
+    decided = art.decision.block
+    other = False if decided == "per_timestep" else True
+    with pytest.warns(DecisionWarning, match=f"is {decided!r}"):
+        Normalizer.from_artifact(art, per_timestep=other)
+    with pytest.warns(DecisionWarning, match=f"the lerobot export uses .* but the artifact's decision .* is {decided!r}"):
+        run_export(root / "stats", "lerobot", tmp_path / "l", per_timestep=other)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecisionWarning)
+        Normalizer.from_artifact(art)  # following the decision: no warning
+        run_export(root / "stats", "lerobot", tmp_path / "l2")

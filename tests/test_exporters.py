@@ -522,3 +522,13 @@ def test_cli_stale_artifact_exit_2(tmp_path, capsys):
     assert main(["export", str(art_dir), "--format", "robomimic", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "edited after it was computed" in err
+
+
+def test_cli_override_prints_one_warning_line(tmp_path, capsys):
+    art_dir, _ = _generated(tmp_path)  # no delta_mask: the decision is global
+    assert main(["export", str(art_dir), "--format", "lerobot", "--out", str(tmp_path / "o"), "--per-timestep", "on"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("stepnorm: warning: the lerobot export uses the 'per_timestep'")
+    assert "decision (normalization.action.per_timestep: auto) is 'global'" in err[0]
+    assert main(["export", str(art_dir), "--format", "lerobot", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err == ""

@@ -413,17 +413,49 @@ def _stats_and_normalize(config_name, tmp_path, action_mask):
 
 
 def test_real_bridge_rlds(real_data, tmp_path):
-    cfg, out, stats_doc = _stats_and_normalize("real_data.yaml", tmp_path, [True] * 6 + [False])
+    """Bridge's train and val splits in ONE TFDS dataset (as Octo/dlimp load them), statistics
+    from the first split."""
+    raw_cfg = yaml.safe_load((REPO / "configs" / "real_data.yaml").read_text())
+    entry = dict(raw_cfg["datasets"][0], name="bridge_debug", splits=["train", "val"])
+    del entry["split"]
+    cfg_path = _variant(REPO / "configs" / "real_data.yaml", tmp_path / "real_data.yaml", datasets=[entry],
+                        normalization={"action": {"mode": "q01_q99", "mask": [True] * 6 + [False], "clip": False},
+                                       "state": {"mode": "mean_std"}})
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["datasets"][0]["path"] = str((REPO / "configs" / entry["path"]).resolve())
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["stats", str(cfg_path), "--out", str(tmp_path / "stats")]) == 0
+    assert main(["normalize", str(cfg_path), "--stats", str(tmp_path / "stats"), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    cfg, stats_doc = yaml.safe_load(cfg_path.read_text()), json.loads((out / "stats" / "stats.json").read_text())
+    assert stats_doc["datasets"]["bridge_debug"]["num_episodes"] == 25  # the train split only
     src = real_data / "bridge_octo_debug_rlds" / "bridge_dataset" / "1.0.0"
-    for name, split in (("bridge", "train"), ("bridge_val", "val")):
-        out_eps, builder = _load_rlds(out / name / "1.0.0", split)
-        assert list(builder.info.splits) == [split]
-        check_dataset(out_eps, _tfds_raw(src, split), stats_doc, name, cfg)
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert {k: v["episodes"] for k, v in manifest["datasets"]["bridge_debug"]["splits"].items()} == {"train": 25,
+                                                                                                  "val": 25}
+    for split in ("train", "val"):
+        out_eps, builder = _load_rlds(out / "bridge_debug" / "1.0.0", split)
+        assert list(builder.info.splits) == ["train", "val"]
+        check_dataset(out_eps, _tfds_raw(src, split), stats_doc, "bridge_debug", cfg)
         in_eps, _ = _load_rlds(src, split)
         for e_in, e_out in zip(in_eps, out_eps):
             for cam in ("image_0", "image_1", "image_2", "image_3"):
                 assert list(e_in["steps"]["observation"][cam]) == list(e_out["steps"]["observation"][cam])
             np.testing.assert_array_equal(e_in["steps"]["language_embedding"], e_out["steps"]["language_embedding"])
+    shards = sorted(p.name for p in (out / "bridge_debug" / "1.0.0").glob("*.tfrecord-*"))
+    assert shards == ["bridge_debug-train.tfrecord-00000-of-00001", "bridge_debug-val.tfrecord-00000-of-00001"]
+
+
+def test_tfds_catalog_names_are_refused(real_data, tmp_path, capsys):
+    """An output named like a TFDS catalog dataset ('bridge') would make Octo's tfds.builder load the
+    catalog's; normalize and run refuse it before any work, one line, exit 2."""
+    cfg_path = _variant(REPO / "configs" / "real_data.yaml", tmp_path / "c.yaml")
+    for argv in (["normalize", str(cfg_path), "--stats", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                 ["run", str(cfg_path), "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "'bridge' is a TFDS catalog name" in err and "'bridge_stepnorm'" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
 
 
 def test_real_lerobot_so101(real_data, tmp_path):
@@ -447,3 +479,30 @@ def test_real_lerobot_so101(real_data, tmp_path):
         np.testing.assert_array_equal(steps["timestamp"], rows["timestamp"].to_numpy())
         assert steps["is_first"][0] and steps["is_last"][-1] and steps["is_last"].sum() == 1
         assert int(ep["meta"]["episode_index"]) == int(rows["episode_index"].iloc[0])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"split": "train", "splits": ["train"]}, "not both"),
+    ({"stats_split": "val"}, "stats_split needs splits"),
+    ({"splits": ["train", "val"], "stats_split": "test"}, "stats_split 'test' is not one of splits"),
+    ({"splits": ["train[:50%]", "train[50%:]"]}, "write the same output split twice"),
+    ({"splits": []}, "non-empty list"),
+    ({"splits": ["train", "val"], "format": "lerobot"}, "lerobot datasets have one split"),
+])
+def test_splits_config_errors(tmp_path, entry, message):
+    from stepnorm.config import parse_config
+    from stepnorm.errors import ConfigError
+
+    ds = {"name": "d", "format": "rlds", "path": str(tmp_path), **entry}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"horizon": 4, "datasets": [ds]}, where="c.yaml")
+
+
+def test_splits_config_picks_the_statistics_split(tmp_path):
+    from stepnorm.config import parse_config
+
+    ds = {"name": "d", "format": "rlds", "path": str(tmp_path), "splits": ["train[:90%]", "val"], "stats_split": "val"}
+    (parsed,) = parse_config({"horizon": 4, "datasets": [ds]}).datasets
+    assert parsed.split == "val" and parsed.output_splits == ["train[:90%]", "val"]
+    (plain,) = parse_config({"horizon": 4, "datasets": [{"name": "d", "format": "rlds", "path": str(tmp_path)}]}).datasets
+    assert plain.split == "train" and plain.output_splits == ["train"]

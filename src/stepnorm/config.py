@@ -52,7 +52,9 @@ class DatasetConfig:
     name: str
     format: str
     path: str
-    split: str = "train"
+    split: str = "train"  # the split the statistics are computed from
+    # Every split `stepnorm normalize` writes into the one output TFDS dataset (default: [split]).
+    splits: list[str] = field(default_factory=list)
     weight: float = 1.0
     domain: str = "real"
     action_key: str | list[str] = "action"  # a list (rlds): step keys concatenated in order
@@ -67,6 +69,41 @@ class DatasetConfig:
     def is_remote(self) -> bool:
         """Whether the dataset is read from a URL (``gs://...``) rather than a local directory."""
         return is_remote(self.path)
+
+    @property
+    def output_splits(self) -> list[str]:
+        """The splits written by ``stepnorm normalize``, in order (the statistics' split first
+        unless listed otherwise)."""
+        return list(self.splits) or [self.split]
+
+
+def output_split_name(split: str) -> str:
+    """The output name of a TFDS split string: ``train[:90%]`` -> ``train``."""
+    return split.split("[")[0]
+
+
+def check_output_names(cfg: "Config") -> None:
+    """ConfigError when an output dataset name is a TFDS catalog name (e.g. ``bridge``).
+
+    Octo's and dlimp's loaders call ``tfds.builder(name, data_dir=...)``: a registered name picks
+    the catalog's builder, which tries to download the catalog dataset instead of reading ours.
+    Needs TensorFlow Datasets, so it runs for the commands that write TFDS output.
+    """
+    import tensorflow_datasets as tfds
+
+    catalog = set(tfds.list_builders(with_community_datasets=False))
+    for ds in cfg.datasets:
+        if ds.name in catalog:
+            raise ConfigError(cfg.path, f"datasets.{ds.name}: the output dataset name {ds.name!r} is a TFDS catalog "
+                                        f"name, so Octo/dlimp (tfds.builder) would load the catalog dataset; rename it, "
+                                        f"e.g. {_free_name(ds.name, catalog)!r}")
+
+
+def _free_name(name: str, catalog: set) -> str:
+    for suffix in ("_stepnorm", "_local", "_own"):
+        if name + suffix not in catalog:
+            return name + suffix
+    return name + "_" + "x" * 8
 
 
 @dataclass
@@ -102,7 +139,7 @@ class Config:
 
 _TOP_KEYS = {"horizon", "quantiles", "weighting", "delta_mask", "normalization", "normalize_with", "model",
              "datasets", "validators", "sketch_k"}
-_DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__}
+_DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__} | {"stats_split"}
 _NORM_KEYS = {"mode", "mask", "clip", "per_timestep"}
 
 
@@ -255,6 +292,7 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
             raise ConfigError(where, f"{label}.weight must be a finite number > 0, got {weight!r}")
         if "split" in item and (not isinstance(item["split"], str) or not item["split"]):
             raise ConfigError(where, f"{label}.split must be a non-empty string, got {item['split']!r}")
+        split, splits = _splits(item, where, label)
         action_key = _step_keys(item.get("action_key", "action"), item["format"], where, f"{label}.action_key")
         state_key = item.get("state_key")
         if state_key is not None:
@@ -278,11 +316,33 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
                 raise ConfigError(where, f"{label}.max_frames applies to lerobot datasets; for rlds use a split "
                                          f"slice such as 'train[:10%]'")
         out.append(DatasetConfig(
-            name=name, format=item["format"], path=path, split=item.get("split", "train"),
+            name=name, format=item["format"], path=path, split=split, splits=splits,
             weight=float(weight), domain=item.get("domain", "real"), action_key=action_key,
             state_key=state_key, image_keys=image_keys, transforms=transforms, max_frames=max_frames, **dims,
         ))
     return out
+
+
+def _splits(item: dict, where: str, label: str) -> tuple[str, list[str]]:
+    """``(statistics split, output splits)`` from ``split`` or ``splits`` (+ ``stats_split``)."""
+    if "splits" not in item:
+        if "stats_split" in item:
+            raise ConfigError(where, f"{label}.stats_split needs splits: [...] (it picks one of them)")
+        return item.get("split", "train"), []
+    if "split" in item:
+        raise ConfigError(where, f"{label}: give split (one) or splits (several), not both")
+    splits = item["splits"]
+    if not isinstance(splits, list) or not splits or not all(isinstance(x, str) and x for x in splits):
+        raise ConfigError(where, f"{label}.splits must be a non-empty list of split names, got {splits!r}")
+    names = [output_split_name(x) for x in splits]
+    if len(set(names)) != len(names):
+        raise ConfigError(where, f"{label}.splits {splits} write the same output split twice ({names})")
+    if item["format"] != "rlds" and len(splits) > 1:
+        raise ConfigError(where, f"{label}.splits: {item['format']} datasets have one split; list one")
+    stats_split = item.get("stats_split", splits[0])
+    if stats_split not in splits:
+        raise ConfigError(where, f"{label}.stats_split {stats_split!r} is not one of splits {splits}")
+    return stats_split, list(splits)
 
 
 def _step_keys(value: Any, fmt: str, where: str, label: str) -> str | list[str]:
