@@ -357,6 +357,13 @@ def test_per_timestep_auto_follows_delta_mask(tmp_path):
     # forced off: the earlier per-timestep file is removed, or openpi would pick up stale statistics
     run_export(delta, "openpi", tmp_path / "o2", per_timestep=False)
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["norm_stats.json"]
+    # off with a delta_mask is pooled (every chunk position is a delta), not global (position 0)
+    pooled = read_artifact(delta).stats("action", "pooled")
+    off = json.loads((tmp_path / "o2" / "norm_stats.json").read_text())["norm_stats"]["actions"]
+    np.testing.assert_array_equal(off["std"], pooled["std"])
+    assert not np.array_equal(pooled["std"], read_artifact(delta).stats("action", "global")["std"])
+    lerobot_off = json.loads(run_export(delta, "lerobot", tmp_path / "l_off", per_timestep=False)[0].read_text())
+    np.testing.assert_array_equal(lerobot_off["action"]["mean"], pooled["mean"])
     # forced on without a delta mask
     doc = json.loads(run_export(plain, "lerobot", tmp_path / "l", per_timestep=True)[0].read_text())
     assert np.asarray(doc["action"]["mean"]).shape == (8, 4)
