@@ -482,11 +482,12 @@ def test_real_lerobot_so101(real_data, tmp_path):
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"split": "train", "splits": ["train"]}, "not both"),
+    ({"split": "test", "splits": ["train", "val"]}, "stats_split 'test' is not one of splits"),
+    ({"split": "val", "splits": ["train", "val"], "stats_split": "train"}, "disagree"),
     ({"stats_split": "val"}, "stats_split needs splits"),
     ({"splits": ["train", "val"], "stats_split": "test"}, "stats_split 'test' is not one of splits"),
     ({"splits": ["train[:50%]", "train[50%:]"]}, "write the same output split twice"),
-    ({"splits": []}, "non-empty list"),
+    ({"splits": "train"}, "non-empty list"),
     ({"splits": ["train", "val"], "format": "lerobot"}, "lerobot datasets have one split"),
 ])
 def test_splits_config_errors(tmp_path, entry, message):
@@ -506,3 +507,7 @@ def test_splits_config_picks_the_statistics_split(tmp_path):
     assert parsed.split == "val" and parsed.output_splits == ["train[:90%]", "val"]
     (plain,) = parse_config({"horizon": 4, "datasets": [{"name": "d", "format": "rlds", "path": str(tmp_path)}]}).datasets
     assert plain.split == "train" and plain.output_splits == ["train"]
+    # a resolved config (split and splits both recorded) parses back to the same dataset
+    cfg = parse_config({"horizon": 4, "datasets": [ds]})
+    again = parse_config(cfg.resolved()).datasets[0]
+    assert (again.split, again.output_splits) == (parsed.split, parsed.output_splits)

@@ -324,22 +324,30 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
 
 
 def _splits(item: dict, where: str, label: str) -> tuple[str, list[str]]:
-    """``(statistics split, output splits)`` from ``split`` or ``splits`` (+ ``stats_split``)."""
-    if "splits" not in item:
+    """``(statistics split, output splits)`` from ``split`` or ``splits`` (+ ``stats_split``).
+
+    With ``splits``, the statistics split is ``stats_split`` (or ``split``, as a resolved config
+    records it), default the first; an empty ``splits`` means just ``split``.
+    """
+    if not item.get("splits"):
+        if "splits" in item and item["splits"] not in (None, []):
+            raise ConfigError(where, f"{label}.splits must be a non-empty list of split names, got {item['splits']!r}")
         if "stats_split" in item:
             raise ConfigError(where, f"{label}.stats_split needs splits: [...] (it picks one of them)")
         return item.get("split", "train"), []
-    if "split" in item:
-        raise ConfigError(where, f"{label}: give split (one) or splits (several), not both")
     splits = item["splits"]
-    if not isinstance(splits, list) or not splits or not all(isinstance(x, str) and x for x in splits):
+    if not isinstance(splits, list) or not all(isinstance(x, str) and x for x in splits):
         raise ConfigError(where, f"{label}.splits must be a non-empty list of split names, got {splits!r}")
     names = [output_split_name(x) for x in splits]
     if len(set(names)) != len(names):
         raise ConfigError(where, f"{label}.splits {splits} write the same output split twice ({names})")
     if item["format"] != "rlds" and len(splits) > 1:
         raise ConfigError(where, f"{label}.splits: {item['format']} datasets have one split; list one")
-    stats_split = item.get("stats_split", splits[0])
+    chosen = {k: item[k] for k in ("stats_split", "split") if k in item}
+    if len(set(chosen.values())) > 1:
+        raise ConfigError(where, f"{label}: split {chosen['split']!r} and stats_split {chosen['stats_split']!r} "
+                                 f"disagree (with splits, both name the statistics split)")
+    stats_split = next(iter(chosen.values()), splits[0])
     if stats_split not in splits:
         raise ConfigError(where, f"{label}.stats_split {stats_split!r} is not one of splits {splits}")
     return stats_split, list(splits)
