@@ -97,7 +97,9 @@ def test_every_path_gives_the_same_numbers(run, episodes, tmp_path):
     _check(written, want, valid, "stepnorm normalize", 2e-6)
 
     # the adapters, from the artifact alone
-    _check(Normalizer.from_artifact(art).normalize(x), want, valid, "numpy", 1e-9)
+    numpy_norm = Normalizer.from_artifact(art)
+    assert numpy_norm.block == block and (numpy_norm.horizon is not None) == (block == "per_timestep")
+    _check(numpy_norm.normalize(x), want, valid, "numpy", 1e-9)
     _check(Normalize.from_artifact(art, dtype=torch.float64)(torch.from_numpy(x)).numpy(), want, valid, "torch", 1e-9)
     _check(jax.jit(jax_norm.normalize)(jax_norm.params_from_artifact(art), x.astype(np.float32)), want, valid, "jax",
            2e-5)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stepnorm.normalize import center_and_spread, default_clip, norm_params
+from stepnorm.normalize import center_and_spread, default_clip, degenerate_dims, norm_params
 from stepnorm.validators.base import Finding, ValidationContext, validator
 
 _KINDS = {"action": ("global", "pooled", "per_timestep"), "state": ("global",)}
@@ -61,7 +61,7 @@ def _dim_rows(ctx: ValidationContext, label: str, dataset: str | None, used: boo
             st = kinds[kind]
             center, spread = center_and_spread(st, spec.mode)
             # Which dims collapse to 0 is the normalizer's call, not re-derived here.
-            collapsed = norm_params(st, spec.mode).degenerate
+            collapsed = degenerate_dims(st, spec.mode)
             extent = np.maximum(np.abs(st["max"] - center), np.abs(st["min"] - center))
             if kind == "global":
                 cases = [("global", collapsed[d], spread[d], extent[d], st["min"][d], st["max"][d])]

@@ -33,7 +33,6 @@ from pathlib import Path
 from stepnorm.exporters._common import ExportError, ExportSource, as_list, write_all
 
 FILE = "dataset_statistics.json"
-SUPPORTS_PER_TIMESTEP = False
 
 
 def _stats(src: ExportSource, key: str, kind: str, stats_from: str | None) -> dict:
