@@ -104,6 +104,14 @@ def test_every_path_gives_the_same_numbers(run, episodes, tmp_path):
     _check(jax.jit(jax_norm.normalize)(jax_norm.params_from_artifact(art), x.astype(np.float32)), want, valid, "jax",
            2e-5)
 
+    # LeRobot's processor step (stepnorm.integrations.lerobot): the statistics it holds follow the decision
+    from stepnorm.integrations import lerobot as sn_lerobot
+
+    step = sn_lerobot.StepnormActionNormalizerStep(root / "stats", mode="q01_q99")
+    assert step.module.has_per_timestep == (block == "per_timestep")
+    y = step.module(torch.from_numpy(x).to(torch.float64), chunked=step.module.has_per_timestep).numpy()
+    _check(y, want, valid, "lerobot integration", 1e-9)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exports' warnings are checked in test_exporters
         # openpi: both files through the integration (q01/q99, the config's mask, no clipping)
