@@ -1,11 +1,16 @@
 """The Beam normalize pipeline: source episodes -> pre-normalized TFDS datasets (SPEC section 5).
 
-Per config dataset, one TFDS dataset directory ``OUT/<name>/<version>/`` holding the split the
-config reads. Every RLDS episode keeps its original ``tf.train.Example`` features untouched (images
+Per config dataset, one TFDS dataset directory ``OUT/<name>/<version>/`` holding every split the
+config lists (``splits: [train, val]``, or the one ``split``), all normalized with the statistics
+of the statistics split (``stats_split``, default the first), as Octo and dlimp load a dataset's
+train and val splits from one builder. Every RLDS episode keeps its original ``tf.train.Example`` features untouched (images
 stay the original encoded bytes); the pipeline adds, per step:
 
 - ``steps/action_chunk`` float32 ``[H, D]``: the chunk ``A_t[k] = a_{t+k}`` (delta dims relative
-  to ``s_t``), padded by repeating the last action, normalized with the per-timestep statistics;
+  to ``s_t``), padded by repeating the last action, normalized with the statistics of the config's
+  per-timestep decision (``normalization.action.per_timestep``: ``per_timestep`` rows, or the
+  ``pooled`` / ``global`` vector), recorded as ``action_statistics`` in MANIFEST.json and in each
+  dataset's TFDS metadata;
 - ``steps/action_chunk_valid`` bool ``[H]``: False on padded positions;
 - ``steps/observation/state_normalized`` float32 ``[Ds]`` when ``normalization.state`` is set.
 
@@ -48,7 +53,7 @@ import numpy as np
 from stepnorm import __version__, outputs
 from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, Artifact, read_artifact
 from stepnorm.compute import staleness
-from stepnorm.config import Config, DatasetConfig
+from stepnorm.config import Config, DatasetConfig, check_output_names, output_split_name
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
 from stepnorm.normalize import Normalizer
 from stepnorm.paths import is_remote
@@ -108,8 +113,9 @@ class EpisodeNormalizer:
         """From the config's normalization specs and the combined (or the dataset's) statistics."""
         source = None if cfg.normalize_with == "combined" else dataset
         spec = cfg.normalization["action"]
-        action = Normalizer(artifact.stats("action", "global", source), artifact.stats("action", "per_timestep", source),
-                            mode=spec.mode, mask=spec.mask, clip=spec.clip, allow_empty_positions=True)
+        # The artifact's decision (checked fresh for cfg, so it is cfg's) picks the statistics block.
+        action = Normalizer.from_artifact(artifact, "action", source, mode=spec.mode, mask=spec.mask, clip=spec.clip,
+                                          allow_empty_positions=True)
         state = None
         if "state" in cfg.normalization:
             spec = cfg.normalization["state"]
@@ -121,7 +127,8 @@ class EpisodeNormalizer:
         """The step fields the pipeline adds, nested as in the features: ``{"steps": {...}}``."""
         try:
             chunk, valid = action_chunks(episode.action, episode.state, self.horizon, self.delta_mask)
-            steps = {ACTION_CHUNK: self.action.normalize(chunk, chunked=True).astype(np.float32),
+            # [T, H, D]: per position under a per-timestep decision, else the decision's [D] vector.
+            steps = {ACTION_CHUNK: self.action.normalize(chunk).astype(np.float32),
                      ACTION_CHUNK_VALID: valid}
             if self.state is not None:
                 if episode.state is None:
@@ -273,12 +280,13 @@ def _deep_merge(a: dict, b: dict) -> dict:
 # -- the Beam part --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WriteJob:
-    """One read task and the output shards its episodes fill, in order.
+    """One read task and the output shards of one split its episodes fill, in order.
 
-    ``shard_sizes[j]`` episodes go to output shard ``first_shard + j``.
+    ``shard_sizes[j]`` episodes go to output shard ``first_shard + j`` of ``split``.
     """
 
     dataset: str
+    split: str  # the output split name
     task: ReadTask
     first_shard: int
     shard_sizes: tuple[int, ...]
@@ -286,24 +294,26 @@ class WriteJob:
 
 @dataclass
 class DatasetPlan:
-    """Where and how one config dataset is written."""
+    """Where and how one config dataset is written (every listed split, one TFDS dataset)."""
 
     name: str
     rel_dir: str  # "<name>/<version>" under the output
-    split: str  # the output split name
+    splits: dict[str, str]  # output split name -> the source split string it reads, in order
     features_json: dict
     added_json: dict
     lerobot_layout: dict | None
     jobs: list[WriteJob]
-    expected_episodes: int
+    expected_episodes: dict[str, int]  # per output split
 
-    def shard_name(self, index: int) -> str:
+    def shard_name(self, split: str, index: int) -> str:
         """``{name}-{split}.tfrecord-{i:05d}-of-{n:05d}``."""
-        return f"{self.name}-{self.split}.tfrecord-{index:05d}-of-{self.num_shards:05d}"
+        return f"{self.name}-{split}.tfrecord-{index:05d}-of-{self.num_shards(split):05d}"
 
-    @property
-    def num_shards(self) -> int:
-        return sum(len(j.shard_sizes) for j in self.jobs)
+    def num_shards(self, split: str) -> int:
+        return sum(len(j.shard_sizes) for j in self.jobs if j.split == split)
+
+    def shard_sizes(self, split: str) -> list[int]:
+        return [size for job in self.jobs if job.split == split for size in job.shard_sizes]
 
 
 def _feature_from_json(doc: dict):
@@ -343,7 +353,7 @@ class WriteShardsFn(beam.DoFn):
         records = self._records(plan, job)
         for j, size in enumerate(job.shard_sizes):
             index = job.first_shard + j
-            path = FileSystems.join(self.staging, plan.rel_dir, plan.shard_name(index))
+            path = FileSystems.join(self.staging, plan.rel_dir, plan.shard_name(job.split, index))
             count = num_bytes = 0
             # Beam's TFRecord framing (as the reader uses): no TensorFlow start-up in the workers.
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -355,7 +365,7 @@ class WriteShardsFn(beam.DoFn):
                     self.written.inc()
                     if count == size:
                         break
-            yield self._receipt(plan, index, count, num_bytes)
+            yield self._receipt(plan, job.split, index, count, num_bytes)
         surplus = sum(1 for _ in records)
         if surplus:
             raise InputDataError(job.task.locator, f"read {surplus} more episodes than the split holds")
@@ -379,12 +389,12 @@ class WriteShardsFn(beam.DoFn):
             nested = _deep_merge(lerobot_example(ds, layout, raw), normalizer.added_fields(episode))
             yield serializer.get_tf_example(features.encode_example(nested)).SerializeToString(deterministic=True)
 
-    def _receipt(self, plan: DatasetPlan, index: int, count: int, num_bytes: int) -> dict:
+    def _receipt(self, plan: DatasetPlan, split: str, index: int, count: int, num_bytes: int) -> dict:
         from apache_beam.io.filesystems import FileSystems
 
-        receipt = {"dataset": plan.name, "shard": index, "episodes": count, "bytes": num_bytes}
+        receipt = {"dataset": plan.name, "split": split, "shard": index, "episodes": count, "bytes": num_bytes}
         # Receipts are files, not pipeline output, so every runner hands them back the same way.
-        path = FileSystems.join(self.staging, plan.rel_dir, _RECEIPTS, f"{index:05d}.json")
+        path = FileSystems.join(self.staging, plan.rel_dir, _RECEIPTS, f"{split}-{index:05d}.json")
         with FileSystems.create(path) as handle:
             handle.write(json.dumps(receipt).encode())
         return receipt
@@ -409,21 +419,24 @@ def _plan(cfg: Config, artifact: Artifact, ds: DatasetConfig) -> DatasetPlan:
         raise ConfigError(cfg.path, f"normalization.state is set but dataset {ds.name!r} has no state statistics "
                                     f"(set its state_key)")
     added = added_features(cfg.horizon, action_dim, state_dim)
-    split = ds.split.split("[")[0]
+    splits = {output_split_name(s): s for s in ds.output_splits}
     expected = int(block["num_episodes"])
     if ds.format == "rlds":
         from stepnorm.sources.rlds import rlds_builder
 
         builder = rlds_builder(ds.path)
         features = extend_features(builder.info.features, added, ds.path)
-        tasks = read_tasks(ds)
-        jobs = [WriteJob(ds.name, t, i, (t.take,)) for i, t in enumerate(tasks)]
-        in_split = sum(t.take for t in tasks)
+        jobs, counts = [], {}
+        for out_split, source_split in splits.items():
+            tasks = read_tasks(dataclasses.replace(ds, split=source_split))
+            jobs += [WriteJob(ds.name, out_split, t, i, (t.take,)) for i, t in enumerate(tasks)]
+            counts[out_split] = sum(t.take for t in tasks)
+        in_split = counts[output_split_name(ds.split)]
         if in_split != expected:
             raise InputDataError(ds.path, f"split {ds.split!r} holds {in_split} episodes but the statistics "
                                           f"counted {expected}")
-        return DatasetPlan(ds.name, f"{ds.name}/{builder.info.version}", split, features.to_json(), added.to_json(),
-                           None, jobs, expected)
+        return DatasetPlan(ds.name, f"{ds.name}/{builder.info.version}", splits, features.to_json(), added.to_json(),
+                           None, jobs, counts)
     raw, _ = next(_lerobot_episodes(ds))
     layout = lerobot_layout(ds, raw)
     features = lerobot_features(ds, raw, added)
@@ -431,9 +444,10 @@ def _plan(cfg: Config, artifact: Artifact, ds: DatasetConfig) -> DatasetPlan:
                                                + len(layout) + 4)
     n_shards = max(1, min(expected, -(-est_bytes // LEROBOT_SHARD_BYTES)))
     sizes = tuple((i + 1) * expected // n_shards - i * expected // n_shards for i in range(n_shards))
-    job = WriteJob(ds.name, read_tasks(ds)[0], 0, sizes)
-    return DatasetPlan(ds.name, f"{ds.name}/{LEROBOT_VERSION}", split, features.to_json(), added.to_json(),
-                       {k: list(v) for k, v in layout.items()}, [job], expected)
+    (out_split,) = splits  # config validation allows one split for LeRobot
+    job = WriteJob(ds.name, out_split, read_tasks(ds)[0], 0, sizes)
+    return DatasetPlan(ds.name, f"{ds.name}/{LEROBOT_VERSION}", splits, features.to_json(), added.to_json(),
+                       {k: list(v) for k, v in layout.items()}, [job], {out_split: expected})
 
 
 def check_fresh(cfg: Config, artifact: Artifact) -> None:
@@ -448,7 +462,7 @@ def check_fresh(cfg: Config, artifact: Artifact) -> None:
 class NormalizeResult:
     out_dir: Path
     datasets: dict[str, Path]  # name -> TFDS dataset directory
-    episodes: dict[str, int]
+    episodes: dict[str, int]  # name -> episodes written, over all its splits
     seconds: float
 
 
@@ -468,6 +482,7 @@ def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.P
         raise ConfigError(cfg.path, f"a dataset named {STATS_SUBDIR!r} would clash with the artifact copy in the output")
     from stepnorm.pipelines.stats import config_inputs
 
+    check_output_names(cfg)
     artifact = read_artifact(stats_dir)  # one read: this snapshot is what is applied and bundled
     check_fresh(cfg, artifact)
     plans = {ds.name: _plan(cfg, artifact, ds) for ds in cfg.datasets}
@@ -482,8 +497,10 @@ def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.P
         _copy_artifact(artifact, staging / STATS_SUBDIR)
         _write_manifest(cfg, artifact, plans, episodes, staging)
     for ds in cfg.datasets:
-        log(f"  {ds.name:32s} {episodes[ds.name]:7d} episodes -> {out / plans[ds.name].rel_dir}")
-    return NormalizeResult(out, {n: out / p.rel_dir for n, p in plans.items()}, episodes, time.monotonic() - t0)
+        per_split = ", ".join(f"{n} {split}" for split, n in episodes[ds.name].items())
+        log(f"  {ds.name:32s} {per_split:>14s} episodes -> {out / plans[ds.name].rel_dir}")
+    totals = {name: sum(counts.values()) for name, counts in episodes.items()}
+    return NormalizeResult(out, {n: out / p.rel_dir for n, p in plans.items()}, totals, time.monotonic() - t0)
 
 
 def _copy_artifact(artifact: Artifact, target: Path) -> None:
@@ -511,31 +528,42 @@ def _run_beam(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], st
     ))
 
 
-def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: Path, artifact: Artifact) -> int:
-    """Check the receipts (counts in == counts out) and write the TFDS metadata; returns episodes."""
+def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: Path,
+                    artifact: Artifact) -> dict[str, int]:
+    """Check the receipts (counts in == counts out) and write the TFDS metadata; returns the
+    episodes written per output split."""
     import tensorflow_datasets as tfds
 
     data_dir = staging / plan.rel_dir
     receipts = {}
     for file in (data_dir / _RECEIPTS).glob("*.json"):
         receipt = json.loads(file.read_text())
-        receipts[receipt["shard"]] = receipt
-    expected_sizes = [size for job in plan.jobs for size in job.shard_sizes]
-    for index, size in enumerate(expected_sizes):
-        got = receipts.get(index, {}).get("episodes")
-        if got != size:
-            raise InputDataError(ds.path, f"split {ds.split!r}: output shard {index} got {got} episodes, "
-                                          f"expected {size} (episodes in != episodes out)")
-    total = sum(expected_sizes)
-    if total != plan.expected_episodes:
-        raise InputDataError(ds.path, f"wrote {total} episodes but the statistics counted {plan.expected_episodes}")
+        receipts[(receipt["split"], receipt["shard"])] = receipt
+    pattern = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+    split_infos, written = [], {}
+    for split, source_split in plan.splits.items():
+        expected_sizes = plan.shard_sizes(split)
+        for index, size in enumerate(expected_sizes):
+            got = receipts.get((split, index), {}).get("episodes")
+            if got != size:
+                raise InputDataError(ds.path, f"split {source_split!r}: output shard {index} got {got} episodes, "
+                                              f"expected {size} (episodes in != episodes out)")
+        total = sum(expected_sizes)
+        if total != plan.expected_episodes[split]:
+            raise InputDataError(ds.path, f"split {source_split!r}: wrote {total} episodes, expected "
+                                          f"{plan.expected_episodes[split]}")
+        template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template=pattern, dataset_name=plan.name,
+                                                 split=split, filetype_suffix="tfrecord")
+        split_infos.append(tfds.core.SplitInfo(
+            name=split, shard_lengths=expected_sizes, filename_template=template,
+            num_bytes=sum(r["bytes"] for (s, _), r in receipts.items() if s == split)))
+        written[split] = total
     shutil.rmtree(data_dir / _RECEIPTS)
-    template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-                                             dataset_name=plan.name, split=plan.split, filetype_suffix="tfrecord")
-    split_info = tfds.core.SplitInfo(name=plan.split, shard_lengths=expected_sizes,
-                                     num_bytes=sum(receipts[i]["bytes"] for i in receipts), filename_template=template)
-    source = {"path": ds.path, "format": ds.format, "split": ds.split}
-    description = (f"{ds.name}, pre-normalized by stepnorm {__version__} from {ds.path} (split {ds.split}) with "
+    template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template=pattern, dataset_name=plan.name,
+                                             filetype_suffix="tfrecord")
+    source = {"path": ds.path, "format": ds.format, "split": ds.split, "splits": dict(plan.splits)}
+    description = (f"{ds.name}, pre-normalized by stepnorm {__version__} from {ds.path} (splits "
+                   f"{', '.join(plan.splits.values())}; statistics from {ds.split}) with "
                    f"stats fingerprint {artifact.fingerprint}, normalize_with {cfg.normalize_with}.")
     kwargs = {}
     if ds.format == "rlds":
@@ -545,11 +573,12 @@ def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: 
         description += "\n\n" + (info.description or "")
         kwargs = {"homepage": info.homepage, "citation": info.citation}
     metadata = tfds.core.MetadataDict(stepnorm={"stats_fingerprint": artifact.fingerprint, "source": source,
-                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with})
+                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with,
+                                                "action_statistics": artifact.decision.as_dict()})
     tfds.folder_dataset.write_metadata(data_dir=data_dir, features=_feature_from_json(plan.features_json),
-                                       split_infos=[split_info], filename_template=template, check_data=False,
+                                       split_infos=split_infos, filename_template=template, check_data=False,
                                        description=description, metadata=metadata, disable_shuffling=True, **kwargs)
-    return total
+    return written
 
 
 def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], episodes: dict[str, int],
@@ -560,13 +589,16 @@ def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPla
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "stats": f"{STATS_SUBDIR}/stats.json", "stats_fingerprint": artifact.fingerprint,
         "horizon": cfg.horizon, "normalize_with": cfg.normalize_with, "normalization": norm,
-        "delta_mask": cfg.delta_mask,
+        "delta_mask": cfg.delta_mask, "action_statistics": artifact.decision.as_dict(),
         "fields": {"action_chunk": f"steps/{ACTION_CHUNK}", "action_chunk_valid": f"steps/{ACTION_CHUNK_VALID}",
                    "state_normalized": f"steps/observation/{STATE_NORMALIZED}" if "state" in cfg.normalization else None},
         "datasets": {
-            ds.name: {"path": plans[ds.name].rel_dir, "split": plans[ds.name].split, "episodes": episodes[ds.name],
-                      "shards": plans[ds.name].num_shards, "source": ds.path, "source_format": ds.format,
-                      "source_split": ds.split}
+            ds.name: {"path": plans[ds.name].rel_dir, "split": output_split_name(ds.split),
+                      "episodes": sum(episodes[ds.name].values()),
+                      "shards": sum(plans[ds.name].num_shards(s) for s in plans[ds.name].splits),
+                      "source": ds.path, "source_format": ds.format, "source_split": ds.split,
+                      "splits": {split: {"episodes": episodes[ds.name][split], "shards": plans[ds.name].num_shards(split),
+                                         "source_split": source} for split, source in plans[ds.name].splits.items()}}
             for ds in cfg.datasets
         },
     }

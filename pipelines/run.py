@@ -43,10 +43,12 @@ def run_all(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = 
     With a failed gate nothing is normalized and the exit code is 1, unless ``force`` (which
     prints a warning to stderr and normalizes anyway).
     """
+    from stepnorm.config import check_output_names
     from stepnorm.validators import run_gate
 
     from stepnorm.pipelines.stats import config_inputs
 
+    check_output_names(cfg)  # before any work: the last step writes TFDS datasets under these names
     out = outputs.check_output(out_dir, "run", config_inputs(cfg))
     with outputs.output_lock(out):
         out.mkdir(parents=True, exist_ok=True)

@@ -7,12 +7,14 @@ the consumer's normalize of real actions, per chunk position, with stepnorm's ``
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from gen import make_episodes
+from reference import RANK_TOL, rank_error, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
 from stepnorm.cli import main
@@ -152,6 +154,7 @@ def robomimic_normalize(x, entry):
 
 
 # -- every format against stepnorm on real data -----------------------------------------------------
+@pytest.mark.filterwarnings("ignore::stepnorm.normalize.DecisionWarning")  # on is forced on unitree (no delta)
 @pytest.mark.parametrize("use_quantiles", [False, True])
 def test_openpi_matches_stepnorm_per_timestep(real, tmp_path, use_quantiles):
     art_dir, episodes, delta, _ = real
@@ -161,7 +164,7 @@ def test_openpi_matches_stepnorm_per_timestep(real, tmp_path, use_quantiles):
     mode = "q01_q99" if use_quantiles else "mean_std"
     # per-timestep file: [H, D] statistics applied row by row to [N, H, D] chunks
     stats = openpi_load(tmp_path, per_timestep=True)
-    ours_norm = Normalizer.from_artifact(art, mode=mode, clip=False)
+    ours_norm = Normalizer.from_artifact(art, per_timestep=True, mode=mode, clip=False)
     consumer = openpi_normalize(x, stats["actions"], use_quantiles)
     ours = ours_norm.normalize(x)
     p = ours_norm.per_timestep_params
@@ -185,6 +188,7 @@ def test_openpi_matches_stepnorm_per_timestep(real, tmp_path, use_quantiles):
                             ours_state.global_params.active, "openpi state")
 
 
+@pytest.mark.filterwarnings("ignore::stepnorm.normalize.DecisionWarning")  # on is forced on unitree (no delta)
 @pytest.mark.parametrize("lerobot_mode, mode", [("MEAN_STD", "mean_std"), ("MIN_MAX", "min_max"),
                                                  ("QUANTILES", "q01_q99")])
 def test_lerobot_matches_stepnorm_per_timestep(real, tmp_path, lerobot_mode, mode):
@@ -197,7 +201,7 @@ def test_lerobot_matches_stepnorm_per_timestep(real, tmp_path, lerobot_mode, mod
     assert stats["action"]["count"].tolist() == [sum(len(a) for a, _ in episodes)]
     assert {"q01", "q99"} <= set(stats["action"]) and "q10" not in stats["action"]
     art = read_artifact(art_dir)
-    norm = Normalizer.from_artifact(art, mode=mode, clip=False)  # LeRobot never clips
+    norm = Normalizer.from_artifact(art, per_timestep=True, mode=mode, clip=False)  # LeRobot never clips
     x, valid = chunks(episodes, H, delta)
     consumer = lerobot_normalize(x, stats["action"], lerobot_mode)
     ours = norm.normalize(x)
@@ -208,17 +212,40 @@ def test_lerobot_matches_stepnorm_per_timestep(real, tmp_path, lerobot_mode, mod
         assert_consumer_matches(consumer[rows, k], ours[rows, k], denom[k], 1e-8, p.active[k], f"lerobot k={k}")
 
 
+def openvla_get_action_stats(norm_stats, unnorm_key=None):
+    """OpenVLA's lookup: nested per dataset name; ``None`` only when exactly one name is present."""
+    if unnorm_key is None:
+        assert len(norm_stats) == 1, f"unnorm_key needed, choose from {list(norm_stats)}"
+        unnorm_key = next(iter(norm_stats))
+    assert unnorm_key in norm_stats, f"{unnorm_key!r} not in {list(norm_stats)}"
+    return norm_stats[unnorm_key]["action"]
+
+
 @pytest.mark.parametrize("consumer_fn", [octo_normalize, openvla_normalize])
 def test_octo_openvla_bounds_match_stepnorm(real, tmp_path, consumer_fn):
     art_dir, episodes, delta, mask = real
-    (path,) = run_export(art_dir, "octo", tmp_path)
-    doc = json.loads(path.read_text())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (path,) = run_export(art_dir, "octo", tmp_path)
+    # with a delta_mask the export says Octo will not apply it
+    assert any("without the config's delta_mask" in str(w.message) for w in caught) == (delta is not None)
+    nested = json.loads(path.read_text())
+    (name,) = nested  # always nested under the dataset name, also for one dataset
+    assert openvla_get_action_stats(nested) == openvla_get_action_stats(nested, name)
+    doc = nested[name]
     assert doc["num_trajectories"] == len(episodes)
     assert doc["num_transitions"] == sum(len(a) for a, _ in episodes)
     assert doc["action"]["mask"] == mask
-    # Octo normalizes each step (the chunk's first entry, with the delta if configured).
-    x = chunks(episodes, 1, delta)[0][:, 0]
-    norm = Normalizer.from_artifact(read_artifact(art_dir), per_timestep=False, mode="q01_q99", mask=mask)
+    # Octo's loader normalizes the stored actions, one step at a time (no delta transform).
+    x = np.concatenate([a for a, _ in episodes])
+    _, mean, std, vmin, vmax = two_pass(x)
+    np.testing.assert_allclose(doc["action"]["mean"], mean, rtol=1e-9, atol=1e-9 * std.max())
+    np.testing.assert_allclose(doc["action"]["std"], std, rtol=1e-9, atol=1e-9 * std.max())
+    np.testing.assert_array_equal(doc["action"]["min"], vmin)
+    np.testing.assert_array_equal(doc["action"]["max"], vmax)
+    for d in range(x.shape[1]):
+        assert rank_error(x[:, d], doc["action"]["q99"][d], 0.99) <= RANK_TOL
+    norm = Normalizer(read_artifact(art_dir).stats("action", "raw" if delta else "global"), mode="q01_q99", mask=mask)
     g = norm.global_params
     consumer = consumer_fn(x, doc["action"])
     assert_consumer_matches(consumer, norm.normalize(x), 2 * g.scale, 1e-8, g.active, consumer_fn.__name__)
@@ -230,8 +257,11 @@ def test_octo_openvla_bounds_match_stepnorm(real, tmp_path, consumer_fn):
 
 
 @pytest.mark.parametrize("mode", ["min_max", "q01_q99", "mean_std"])
-@pytest.mark.parametrize("per_timestep", [False, True])
+@pytest.mark.parametrize("per_timestep", [False, None])
 def test_robomimic_matches_stepnorm(real, tmp_path, mode, per_timestep):
+    """robomimic applies one [1, D] row to every action: the export's row normalizes like stepnorm's
+    [D] statistics of the same block (off: global or, with a delta_mask, pooled; a per-timestep
+    decision exports global, position 0, with a warning)."""
     art_dir, episodes, delta, mask = real
     art = read_artifact(art_dir)
     # The exported method follows the artifact's config; rebuild the artifact's config for each mode.
@@ -239,30 +269,41 @@ def test_robomimic_matches_stepnorm(real, tmp_path, mode, per_timestep):
     doc["config"]["normalization"]["action"]["mode"] = mode
     doc["fingerprint"] = artifact_fingerprint(doc["config"], {n: d["fingerprint"] for n, d in doc["datasets"].items()})
     write_artifact(tmp_path / "stats", doc)
-    (path,) = run_export(tmp_path / "stats", "robomimic", tmp_path / "out", per_timestep=per_timestep)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (path,) = run_export(tmp_path / "stats", "robomimic", tmp_path / "out", per_timestep=per_timestep)
+    decision_on = per_timestep is None and delta is not None
+    assert any("robomimic applies one [1, D] row" in str(w.message) for w in caught) == decision_on
     out = json.loads(path.read_text())
     entry = out["action_normalization_stats"]["actions"]
     assert out["action_config"]["actions"]["normalization"] == ("gaussian" if mode == "mean_std" else "min_max")
     x, valid = chunks(episodes, H, delta)
-    norm = Normalizer.from_artifact(art, per_timestep=per_timestep, mode=mode, mask=mask, clip=False)
-    assert np.asarray(entry["offset"]).shape == ((H,) if per_timestep else (1,)) + (x.shape[-1],)
-    if not per_timestep:
+    block = "global" if decision_on or delta is None else "pooled"
+    norm = Normalizer(art.stats("action", block), mode=mode, mask=mask, clip=False)
+    assert np.asarray(entry["offset"]).shape == (1, x.shape[-1])
+    if block == "global":  # each step once: the chunks' first entries
         x, valid = x[:, :1], valid[:, :1]
     consumer = robomimic_normalize(x, entry)
-    ours = norm.normalize(x) if per_timestep else norm.normalize(x, chunked=False)
-    p = norm.per_timestep_params.rows(x.shape[1]) if per_timestep else norm.global_params
+    ours = norm.normalize(x)
+    p = norm.global_params
     # robomimic's min_max targets +-0.999999, a relative 1e-6 from stepnorm's +-1.
     for k in range(x.shape[1]):
         rows = valid[:, k]
-        pk = p.active[k] if per_timestep else p.active
-        sk = p.scale[k] if per_timestep else p.scale
-        assert_consumer_matches(consumer[rows, k], ours[rows, k], sk, 1e-6 * sk, pk, f"robomimic k={k}")
+        assert_consumer_matches(consumer[rows, k], ours[rows, k], p.scale, 1e-6 * p.scale, p.active,
+                                f"robomimic k={k}")
     # dims the mask leaves off pass through robomimic untouched (offset 0, scale 1)
     off = ~np.asarray(mask)
     np.testing.assert_array_equal(consumer[..., off], x[..., off])
     # unnormalize (robomimic's rollout: raw = scale * y + offset) inverts stepnorm's normalize
     back = np.asarray(entry["scale"]) * consumer + np.asarray(entry["offset"])
     np.testing.assert_allclose(back[valid], x[valid], rtol=1e-5, atol=1e-4 * np.abs(x).max())
+
+
+def test_robomimic_per_timestep_on_is_an_error(real, tmp_path):
+    art_dir = real[0]
+    with pytest.raises(ExportError, match=r"robomimic applies one \[1, D\] offset/scale row.*row 0"):
+        run_export(art_dir, "robomimic", tmp_path / "out", per_timestep=True)
+    assert not (tmp_path / "out").exists()
 
 
 # -- selection, mixtures, per-timestep switch -------------------------------------------------------
@@ -284,7 +325,7 @@ def test_octo_mixture_nests_per_dataset(tmp_path):
         # normalize_with: combined (default): every dataset was normalized with the mixture statistics
         np.testing.assert_array_equal(doc[name]["action"]["p99"], art.stats("action", "global")["q99"])
         assert doc[name]["action"]["mask"] == mask
-    one = json.loads(run_export(art_dir, "octo", tmp_path / "one", dataset="real")[0].read_text())
+    one = json.loads(run_export(art_dir, "octo", tmp_path / "one", dataset="real")[0].read_text())["real"]
     assert "action" in one and one["num_trajectories"] == 20
     np.testing.assert_array_equal(one["action"]["mean"], art.stats("action", "global", "real")["mean"])
 
@@ -316,6 +357,13 @@ def test_per_timestep_auto_follows_delta_mask(tmp_path):
     # forced off: the earlier per-timestep file is removed, or openpi would pick up stale statistics
     run_export(delta, "openpi", tmp_path / "o2", per_timestep=False)
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["norm_stats.json"]
+    # off with a delta_mask is pooled (every chunk position is a delta), not global (position 0)
+    pooled = read_artifact(delta).stats("action", "pooled")
+    off = json.loads((tmp_path / "o2" / "norm_stats.json").read_text())["norm_stats"]["actions"]
+    np.testing.assert_array_equal(off["std"], pooled["std"])
+    assert not np.array_equal(pooled["std"], read_artifact(delta).stats("action", "global")["std"])
+    lerobot_off = json.loads(run_export(delta, "lerobot", tmp_path / "l_off", per_timestep=False)[0].read_text())
+    np.testing.assert_array_equal(lerobot_off["action"]["mean"], pooled["mean"])
     # forced on without a delta mask
     doc = json.loads(run_export(plain, "lerobot", tmp_path / "l", per_timestep=True)[0].read_text())
     assert np.asarray(doc["action"]["mean"]).shape == (8, 4)
@@ -363,11 +411,12 @@ def test_robomimic_epsilon_rules():
 def test_empty_chunk_positions_are_an_error_unless_per_timestep_off(tmp_path):
     eps = make_episodes(seed=6, n=10, dim=2, min_len=1, max_len=3)
     art_dir, _ = build_artifact(tmp_path / "stats", {"short": eps}, horizon=5)
-    for fmt in ("openpi", "lerobot", "robomimic"):
+    for fmt in ("openpi", "lerobot"):
         with pytest.raises(ExportError, match=r"no data at chunk positions \[3, 4\] of 5 .* horizon <= 3"):
             run_export(art_dir, fmt, tmp_path / fmt, per_timestep=True)
         assert not (tmp_path / fmt).exists() or not any((tmp_path / fmt).iterdir())
         assert run_export(art_dir, fmt, tmp_path / fmt, per_timestep=False)
+    assert run_export(art_dir, "robomimic", tmp_path / "robomimic", per_timestep=False)
 
 
 def _edit(art_dir, mutate):
@@ -480,3 +529,13 @@ def test_cli_stale_artifact_exit_2(tmp_path, capsys):
     assert main(["export", str(art_dir), "--format", "robomimic", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "edited after it was computed" in err
+
+
+def test_cli_override_prints_one_warning_line(tmp_path, capsys):
+    art_dir, _ = _generated(tmp_path)  # no delta_mask: the decision is global
+    assert main(["export", str(art_dir), "--format", "lerobot", "--out", str(tmp_path / "o"), "--per-timestep", "on"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("stepnorm: warning: the lerobot export uses the 'per_timestep'")
+    assert "decision (normalization.action.per_timestep: auto) is 'global'" in err[0]
+    assert main(["export", str(art_dir), "--format", "lerobot", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err == ""

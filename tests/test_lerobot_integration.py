@@ -42,7 +42,8 @@ CASES = {
     "so101": ("so101_record_test_lerobot_v30", 16,
               {"delta_mask": ARM, "normalization": {"action": {"mode": "q01_q99", "mask": ARM}}}, "q01_q99", 5),
     "unitree": ("unitree_g1_pick_bottle_lerobot_v21", 10,
-                {"normalization": {"action": {"mode": "min_max"}}}, "min_max", 7),
+                # no delta_mask, so the per-timestep decision is asked for explicitly (auto would be off)
+                {"normalization": {"action": {"mode": "min_max", "per_timestep": True}}}, "min_max", 7),
 }
 
 

@@ -20,6 +20,21 @@ for _a, _s in EPISODES:
     WHOLE.add_episode(_a, _s)
 WHOLE_OUT = WHOLE.finalize().to_dict(Q)
 PER_K = chunk_entries(EPISODES, 5, SPEC.delta_mask)
+STORED = np.concatenate([np.asarray(a, np.float64) for a, _ in EPISODES])
+
+
+def test_raw_block_is_the_stored_actions():
+    """With a delta_mask, ``raw`` describes the stored actions (two-pass float64 reference)."""
+    raw = WHOLE_OUT["action"]["raw"]
+    assert int(raw["count"]) == len(STORED)
+    mean = STORED.mean(axis=0)
+    np.testing.assert_allclose(raw["mean"], mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(raw["std"], np.sqrt(((STORED - mean) ** 2).mean(axis=0)), rtol=1e-10)
+    np.testing.assert_array_equal(raw["min"], STORED.min(axis=0))
+    np.testing.assert_array_equal(raw["max"], STORED.max(axis=0))
+    # the plain dims' raw statistics are their global ones
+    for field in ("mean", "std", "min", "max", "q50"):
+        np.testing.assert_array_equal(raw[field][1:], WHOLE_OUT["action"]["global"][field][1:])
 
 
 def _accumulate(indices, spec=SPEC):
@@ -69,13 +84,17 @@ def test_any_split_any_order_same_moments_and_quantiles_within_bound(split):
     total = _merge_all([_accumulate(parts[p]) for p in order], tree)
     out = total.finalize().to_dict(Q)
     assert out["num_episodes"] == len(EPISODES)
-    for kind in ("global", "per_timestep", "pooled"):
+    for kind in ("global", "per_timestep", "pooled", "raw"):
         got, ref = out["action"][kind], WHOLE_OUT["action"][kind]
         np.testing.assert_array_equal(got["count"], ref["count"])
         _close(got["mean"], ref["mean"])
         _close(got["std"], ref["std"])
         np.testing.assert_array_equal(got["min"], ref["min"])
         np.testing.assert_array_equal(got["max"], ref["max"])
+    raw = out["action"]["raw"]  # stored actions, each step once (no delta)
+    for d in range(3):
+        for q in Q:
+            assert rank_error(STORED[:, d], raw[f"q{int(round(q * 100)):02d}"][d], q) <= 0.002
     pt = out["action"]["per_timestep"]
     for k in range(5):
         if len(PER_K[k]) == 0:
@@ -147,7 +166,7 @@ def test_serialization_round_trip(indices):
         acc.num_episodes, acc.num_steps, acc.action_dim, acc.state_dim)
     a, b = acc.finalize().to_dict(Q), back.finalize().to_dict(Q)
     if indices:
-        for kind in ("global", "per_timestep", "pooled"):
+        for kind in ("global", "per_timestep", "pooled", "raw"):
             for field in a["action"][kind]:
                 np.testing.assert_array_equal(a["action"][kind][field], b["action"][kind][field])
 

@@ -90,8 +90,17 @@ def _records_of(file):
     return list(tf.data.TFRecordDataset(str(file)).as_numpy_iterator())
 
 
+def expected_block(cfg):
+    """The statistics block the config's per-timestep decision uses (written out, not imported):
+    auto is on with a delta_mask; off is pooled with a delta_mask and global without."""
+    setting = cfg["normalization"]["action"].get("per_timestep", "auto")
+    delta = cfg.get("delta_mask") is not None and any(cfg["delta_mask"])
+    on = delta if setting == "auto" else setting
+    return "per_timestep" if on else ("pooled" if delta else "global")
+
+
 def _reference_unnormalize(y, stats, spec):
-    """SPEC section 4 inverse from stats.json arrays (``stats`` per_timestep ``[H, D]``)."""
+    """SPEC section 4 inverse from stats.json arrays (``stats`` ``[H, D]`` or ``[D]``)."""
     mask = np.asarray(spec.get("mask") or [True] * y.shape[-1])
     if spec["mode"] == "mean_std":
         center, scale = np.asarray(stats["mean"]), np.asarray(stats["std"])
@@ -126,7 +135,8 @@ def check_dataset(out_eps, raw_eps, stats_doc, dataset, cfg, require_clip_check=
     block = stats_doc["combined"] if cfg.get("normalize_with", "combined") == "combined" else stats_doc["datasets"][dataset]
     spec = cfg["normalization"]["action"]
     clip = spec.get("clip", spec["mode"] != "mean_std")
-    pt = {k: np.asarray(v, np.float64) for k, v in block["action"]["per_timestep"].items()}
+    pt = {k: np.asarray(v, np.float64) for k, v in block["action"][expected_block(cfg)].items()}
+    assert stats_doc["action_statistics"]["block"] == expected_block(cfg)
     assert len(out_eps) == len(raw_eps)
     short = clipped_seen = 0
     for ep, (action, state) in zip(out_eps, raw_eps):
@@ -205,10 +215,13 @@ def test_manifest_metadata_and_stats_copy(sample_run):
     manifest = json.loads((out / "MANIFEST.json").read_text())
     stats = json.loads((sample_run / "stats" / "stats.json").read_text())
     assert manifest["stats_fingerprint"] == stats["fingerprint"]
+    # the decision the output was normalized with is recorded beside the statistics it names
+    assert manifest["action_statistics"] == stats["action_statistics"]
     assert (out / "stats" / "stats.json").read_bytes() == (sample_run / "stats" / "stats.json").read_bytes()
     for name, entry in manifest["datasets"].items():
         builder = tfds.builder_from_directory(str(out / entry["path"]))
         assert builder.info.metadata["stepnorm"]["stats_fingerprint"] == stats["fingerprint"]
+        assert builder.info.metadata["stepnorm"]["action_statistics"] == stats["action_statistics"]
         assert stats["fingerprint"] in builder.info.description
         assert builder.info.splits["train"].num_examples == entry["episodes"] == stats["datasets"][name]["num_episodes"]
         shards = sorted(p.name for p in (out / entry["path"]).glob("*.tfrecord-*"))
@@ -400,17 +413,49 @@ def _stats_and_normalize(config_name, tmp_path, action_mask):
 
 
 def test_real_bridge_rlds(real_data, tmp_path):
-    cfg, out, stats_doc = _stats_and_normalize("real_data.yaml", tmp_path, [True] * 6 + [False])
+    """Bridge's train and val splits in ONE TFDS dataset (as Octo/dlimp load them), statistics
+    from the first split."""
+    raw_cfg = yaml.safe_load((REPO / "configs" / "real_data.yaml").read_text())
+    entry = dict(raw_cfg["datasets"][0], name="bridge_debug", splits=["train", "val"])
+    del entry["split"]
+    cfg_path = _variant(REPO / "configs" / "real_data.yaml", tmp_path / "real_data.yaml", datasets=[entry],
+                        normalization={"action": {"mode": "q01_q99", "mask": [True] * 6 + [False], "clip": False},
+                                       "state": {"mode": "mean_std"}})
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["datasets"][0]["path"] = str((REPO / "configs" / entry["path"]).resolve())
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["stats", str(cfg_path), "--out", str(tmp_path / "stats")]) == 0
+    assert main(["normalize", str(cfg_path), "--stats", str(tmp_path / "stats"), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    cfg, stats_doc = yaml.safe_load(cfg_path.read_text()), json.loads((out / "stats" / "stats.json").read_text())
+    assert stats_doc["datasets"]["bridge_debug"]["num_episodes"] == 25  # the train split only
     src = real_data / "bridge_octo_debug_rlds" / "bridge_dataset" / "1.0.0"
-    for name, split in (("bridge", "train"), ("bridge_val", "val")):
-        out_eps, builder = _load_rlds(out / name / "1.0.0", split)
-        assert list(builder.info.splits) == [split]
-        check_dataset(out_eps, _tfds_raw(src, split), stats_doc, name, cfg)
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert {k: v["episodes"] for k, v in manifest["datasets"]["bridge_debug"]["splits"].items()} == {"train": 25,
+                                                                                                  "val": 25}
+    for split in ("train", "val"):
+        out_eps, builder = _load_rlds(out / "bridge_debug" / "1.0.0", split)
+        assert list(builder.info.splits) == ["train", "val"]
+        check_dataset(out_eps, _tfds_raw(src, split), stats_doc, "bridge_debug", cfg)
         in_eps, _ = _load_rlds(src, split)
         for e_in, e_out in zip(in_eps, out_eps):
             for cam in ("image_0", "image_1", "image_2", "image_3"):
                 assert list(e_in["steps"]["observation"][cam]) == list(e_out["steps"]["observation"][cam])
             np.testing.assert_array_equal(e_in["steps"]["language_embedding"], e_out["steps"]["language_embedding"])
+    shards = sorted(p.name for p in (out / "bridge_debug" / "1.0.0").glob("*.tfrecord-*"))
+    assert shards == ["bridge_debug-train.tfrecord-00000-of-00001", "bridge_debug-val.tfrecord-00000-of-00001"]
+
+
+def test_tfds_catalog_names_are_refused(real_data, tmp_path, capsys):
+    """An output named like a TFDS catalog dataset ('bridge') would make Octo's tfds.builder load the
+    catalog's; normalize and run refuse it before any work, one line, exit 2."""
+    cfg_path = _variant(REPO / "configs" / "real_data.yaml", tmp_path / "c.yaml")
+    for argv in (["normalize", str(cfg_path), "--stats", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                 ["run", str(cfg_path), "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "'bridge' is a TFDS catalog name" in err and "'bridge_stepnorm'" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
 
 
 def test_real_lerobot_so101(real_data, tmp_path):
@@ -434,3 +479,35 @@ def test_real_lerobot_so101(real_data, tmp_path):
         np.testing.assert_array_equal(steps["timestamp"], rows["timestamp"].to_numpy())
         assert steps["is_first"][0] and steps["is_last"][-1] and steps["is_last"].sum() == 1
         assert int(ep["meta"]["episode_index"]) == int(rows["episode_index"].iloc[0])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"split": "test", "splits": ["train", "val"]}, "stats_split 'test' is not one of splits"),
+    ({"split": "val", "splits": ["train", "val"], "stats_split": "train"}, "disagree"),
+    ({"stats_split": "val"}, "stats_split needs splits"),
+    ({"splits": ["train", "val"], "stats_split": "test"}, "stats_split 'test' is not one of splits"),
+    ({"splits": ["train[:50%]", "train[50%:]"]}, "write the same output split twice"),
+    ({"splits": "train"}, "non-empty list"),
+    ({"splits": ["train", "val"], "format": "lerobot"}, "lerobot datasets have one split"),
+])
+def test_splits_config_errors(tmp_path, entry, message):
+    from stepnorm.config import parse_config
+    from stepnorm.errors import ConfigError
+
+    ds = {"name": "d", "format": "rlds", "path": str(tmp_path), **entry}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"horizon": 4, "datasets": [ds]}, where="c.yaml")
+
+
+def test_splits_config_picks_the_statistics_split(tmp_path):
+    from stepnorm.config import parse_config
+
+    ds = {"name": "d", "format": "rlds", "path": str(tmp_path), "splits": ["train[:90%]", "val"], "stats_split": "val"}
+    (parsed,) = parse_config({"horizon": 4, "datasets": [ds]}).datasets
+    assert parsed.split == "val" and parsed.output_splits == ["train[:90%]", "val"]
+    (plain,) = parse_config({"horizon": 4, "datasets": [{"name": "d", "format": "rlds", "path": str(tmp_path)}]}).datasets
+    assert plain.split == "train" and plain.output_splits == ["train"]
+    # a resolved config (split and splits both recorded) parses back to the same dataset
+    cfg = parse_config({"horizon": 4, "datasets": [ds]})
+    again = parse_config(cfg.resolved()).datasets[0]
+    assert (again.split, again.output_splits) == (parsed.split, parsed.output_splits)

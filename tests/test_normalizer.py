@@ -64,8 +64,9 @@ def test_bounds_modes_clip_by_default(stats, mode):
 
 def test_mean_std_clip_optional(stats):
     g, pt = stats
-    assert Normalizer(g, pt, mode="mean_std").normalize(np.full((H, 4), 1e6)).max() > 1e3
-    assert Normalizer(g, pt, mode="mean_std", clip=True, clip_value=3.0).normalize(np.full((H, 4), 1e6)).max() == 3.0
+    assert Normalizer(g, pt, mode="mean_std").normalize(np.full((H, 4), 1e6), chunked=True).max() > 1e3
+    assert Normalizer(g, pt, mode="mean_std", clip=True, clip_value=3.0).normalize(
+        np.full((H, 4), 1e6), chunked=True).max() == 3.0
 
 
 def test_degenerate_dims_never_divide_by_zero():
@@ -84,8 +85,10 @@ def test_horizon_longer_than_statistics_is_an_error(stats):
     with pytest.raises(ValueError, match="longer than the statistics"):
         norm.normalize(np.zeros((2, H + 1, 4)))
     # a shorter chunk uses the first rows
-    short = norm.normalize(np.zeros((3, 4)))
-    np.testing.assert_allclose(short, norm.normalize(np.zeros((H, 4)))[:3])
+    short = norm.normalize(np.zeros((3, 4)), chunked=True)
+    np.testing.assert_allclose(short, norm.normalize(np.zeros((H, 4)), chunked=True)[:3])
+    with pytest.raises(ValueError, match="longer than the statistics"):
+        norm.normalize(np.zeros((H + 1, 4)), chunked=True)
 
 
 def test_wrong_dims_and_missing_per_timestep(stats):
@@ -107,9 +110,9 @@ def test_empty_positions_need_explicit_permission():
     with pytest.raises(ValueError, match=r"positions \[3, 4\] have no statistics"):
         Normalizer(out["global"], out["per_timestep"])
     norm = Normalizer(out["global"], out["per_timestep"], allow_empty_positions=True)
-    y = norm.normalize(np.ones((5, 2)))
+    y = norm.normalize(np.ones((5, 2)), chunked=True)
     assert (y[3:] == 0).all() and np.isfinite(y).all()
-    assert np.isnan(norm.unnormalize(y)[3:]).all()
+    assert np.isnan(norm.unnormalize(y, chunked=True)[3:]).all()
 
 
 def test_float32_in_float32_out(stats):
@@ -117,3 +120,24 @@ def test_float32_in_float32_out(stats):
     x = np.random.default_rng(1).normal(size=(4, H, 4)).astype(np.float32)
     y = Normalizer(g, pt, mode="mean_std").normalize(x)
     assert y.dtype == np.float32
+
+
+@pytest.mark.parametrize("batch", [1, 3, H, H + 2])
+def test_two_dim_input_needs_explicit_chunked(stats, batch):
+    """[B, D] is a batch of single actions or one chunk: with per-timestep statistics it is never guessed."""
+    g, pt = stats
+    norm = Normalizer(g, pt, mode="mean_std")
+    x = np.random.default_rng(2).normal(size=(batch, 4))
+    with pytest.raises(ValueError, match="ambiguous.*chunked=True.*chunked=False"):
+        norm.normalize(x)
+    with pytest.raises(ValueError, match="ambiguous"):
+        norm.unnormalize(x)
+    np.testing.assert_allclose(norm.normalize(x, chunked=False), (x - g["mean"]) / g["std"], rtol=1e-12)
+    if batch <= H:
+        np.testing.assert_allclose(norm.normalize(x, chunked=True), (x - pt["mean"][:batch]) / pt["std"][:batch],
+                                   rtol=1e-12)
+    # a single action [D] and batched chunks [B, h, D] are not ambiguous
+    np.testing.assert_allclose(norm.normalize(x[0]), (x[0] - g["mean"]) / g["std"], rtol=1e-12)
+    # without per-timestep statistics every shape uses the [D] ones
+    flat = Normalizer(g, mode="mean_std")
+    np.testing.assert_allclose(flat.normalize(x), (x - g["mean"]) / g["std"], rtol=1e-12)

@@ -213,3 +213,16 @@ def test_jax_params_are_a_pytree_and_jit(generated):
     g = jax.jit(jax_norm.normalize, static_argnames="chunked")
     expected = Normalizer(*stats, mode="q01_q99").normalize(x[:, 0], chunked=False)
     np.testing.assert_allclose(np.asarray(g(params, x[:, 0], chunked=False)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_two_dim_input_is_ambiguous_in_torch_and_jax(generated):
+    """The shape rule is the numpy one: [B, D] with per-timestep statistics needs chunked=."""
+    stats, x = generated
+    ref = Normalizer(*stats, mode="q01_q99")
+    single = x[:3, 0]
+    with pytest.raises(ValueError, match="ambiguous"):
+        Normalize.from_normalizer(ref)(torch.from_numpy(single))
+    with pytest.raises(ValueError, match="ambiguous"):
+        jax_norm.normalize(jax_norm.params_from_normalizer(ref), single)
+    y = Normalize.from_normalizer(ref)(torch.from_numpy(single), chunked=False).numpy()
+    np.testing.assert_allclose(y, ref.normalize(single, chunked=False), rtol=1e-5, atol=1e-6)

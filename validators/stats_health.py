@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stepnorm.normalize import DEFAULT_CLIP, DEFAULT_FLOOR, center_and_spread
+from stepnorm.normalize import center_and_spread, default_clip, degenerate_dims, norm_params
 from stepnorm.validators.base import Finding, ValidationContext, validator
 
 _KINDS = {"action": ("global", "pooled", "per_timestep"), "state": ("global",)}
@@ -54,22 +54,23 @@ def _dim_rows(ctx: ValidationContext, label: str, dataset: str | None, used: boo
         if glob["max"][d] == glob["min"][d]:
             row["constant"] = 1
             continue
-        clip = DEFAULT_CLIP[spec.mode] if spec.clip is None else spec.clip
+        clip = default_clip(spec.mode, spec.clip)
         for kind in ("global", "per_timestep"):
             if kind not in kinds:
                 continue
             st = kinds[kind]
             center, spread = center_and_spread(st, spec.mode)
+            # Which dims collapse to 0 is the normalizer's call, not re-derived here.
+            collapsed = degenerate_dims(st, spec.mode)
             extent = np.maximum(np.abs(st["max"] - center), np.abs(st["min"] - center))
             if kind == "global":
-                cases = [("global", center[d], spread[d], extent[d], st["min"][d], st["max"][d])]
+                cases = [("global", collapsed[d], spread[d], extent[d], st["min"][d], st["max"][d])]
             else:
-                cases = [(f"k={k}", center[k, d], spread[k, d], extent[k, d], st["min"][k, d], st["max"][k, d])
+                cases = [(f"k={k}", collapsed[k, d], spread[k, d], extent[k, d], st["min"][k, d], st["max"][k, d])
                          for k in range(len(st["count"])) if st["count"][k] > 0 and extent[k, d] > 0]
-            for where, c, s, e, lo, hi in cases:
+            for where, degenerate, s, e, lo, hi in cases:
                 ratio = s / e if e > 0 else np.inf
                 if np.isfinite(ratio) and (np.isnan(row["spread_ratio"]) or ratio < row["spread_ratio"]):
-                    degenerate = s < DEFAULT_FLOOR * max(1.0, abs(c))
                     effect = ("the normalizer treats it as degenerate: the whole dim becomes 0 and its signal is lost"
                               if degenerate else f"normalized values reach +-{1 / ratio:.3g}"
                               + (" before clipping to +-1, so everything beyond the range saturates" if clip else ""))
@@ -91,7 +92,7 @@ def _chunk_row(ctx: ValidationContext, label: str, dataset: str | None, used: bo
     gap, gap_dim, gap_k = 0.0, None, None
     if used:
         std_g = glob["std"]
-        ok = mask & np.isfinite(std_g) & (std_g > DEFAULT_FLOOR * np.maximum(1.0, np.abs(glob["mean"])))
+        ok = norm_params(glob, "mean_std", mask).active  # the dims a z-score ratio is defined on
         valid = (count > 0)[:, None] & ok[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             diff = np.maximum(np.abs(pt["std"] / std_g - 1), np.abs(pt["mean"] - glob["mean"]) / std_g)

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from stepnorm import __version__, outputs
-from stepnorm.errors import ArtifactError
+from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.stats.combine import FinalStats, quantile_key
 
 FORMAT = "stepnorm.stats"
@@ -112,6 +112,7 @@ def build_artifact(
         "horizon": int(horizon),
         "quantiles": [float(q) for q in quantiles],
         "datasets": {},
+        "action_statistics": _decision_record(config),
         "combined": {"weighting": weighting, **_stats_block(combined, quantiles)},
     }
     for name, (final, meta) in datasets.items():
@@ -123,6 +124,14 @@ def build_artifact(
         }
     validate_artifact(doc, "<new artifact>")
     return doc
+
+
+def _decision_record(config: Mapping) -> dict:
+    """The config's per-timestep decision and the block it uses (``stepnorm.normalize``)."""
+    from stepnorm.normalize import resolve_decision
+
+    spec = (config.get("normalization") or {}).get("action") or {}
+    return resolve_decision(spec.get("per_timestep", "auto"), config.get("delta_mask")).as_dict()
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -208,6 +217,21 @@ def validate_artifact(doc: Any, where: str) -> None:
         qkeys = [quantile_key(q) for q in doc["quantiles"]]
     except (TypeError, ValueError) as exc:
         raise ArtifactError(where, f"bad quantiles {doc['quantiles']!r}: {exc}") from None
+    decision = doc.get("action_statistics")
+    if decision is not None and (not isinstance(decision, dict) or decision.get("block") not in
+                                 ("per_timestep", "pooled", "global") or not isinstance(decision.get("per_timestep"), bool)
+                                 or (decision["block"] == "per_timestep") != decision["per_timestep"]):
+        raise ArtifactError(where, f"action_statistics must be {{per_timestep: bool, block: per_timestep|pooled|global}}, "
+                                   f"got {decision!r}")
+    if decision is not None and isinstance(doc.get("config"), dict):
+        try:
+            implied = _decision_record(doc["config"])
+        except (ValueError, AttributeError) as exc:
+            raise ArtifactError(where, f"config.normalization.action.per_timestep: {exc}") from None
+        if (implied["per_timestep"], implied["block"]) != (decision["per_timestep"], decision["block"]):
+            raise StaleArtifactError(where, f"the artifact was edited after it was computed (action_statistics "
+                                            f"{decision['block']!r} does not match its config's decision "
+                                            f"{implied['block']!r}); recompute it with `stepnorm stats`")
     fields = BASE_FIELDS + tuple(qkeys)
     dims: dict[str, int] = {}
     blocks = {f"datasets.{n}": b for n, b in doc["datasets"].items()}
@@ -217,10 +241,12 @@ def validate_artifact(doc: Any, where: str) -> None:
     for bname, block in blocks.items():
         if not isinstance(block, dict):
             raise ArtifactError(where, f"{bname} is not an object")
-        for key, kinds in (("action", ("global", "per_timestep", "pooled")), ("state", ("global",))):
+        for key, kinds in (("action", ("global", "per_timestep", "pooled", "raw")), ("state", ("global",))):
             if key not in block:
                 continue
             for kind in kinds:
+                if kind == "raw" and isinstance(block[key], dict) and "raw" not in block[key]:
+                    continue  # only with a delta_mask: the stored (non-delta) actions, for Octo
                 stats = block[key].get(kind) if isinstance(block[key], dict) else None
                 if not isinstance(stats, dict):
                     raise ArtifactError(where, f"{bname}.{key}.{kind} is missing")
@@ -298,6 +324,13 @@ class Artifact:
     @property
     def fingerprint(self) -> str:
         return self.doc["fingerprint"]
+
+    @property
+    def decision(self):
+        """The per-timestep decision for actions (``stepnorm.normalize.Decision``)."""
+        from stepnorm.normalize import action_decision
+
+        return action_decision(self.doc)
 
     @property
     def dataset_names(self) -> list[str]:

@@ -15,11 +15,21 @@ from stepnorm.errors import StepnormError
 
 
 def _export(args: argparse.Namespace) -> int:
+    import warnings
+
     from stepnorm.exporters import run_export
+    from stepnorm.normalize import DecisionWarning
 
     per_timestep = {"auto": None, "on": True, "off": False}[args.per_timestep]
-    written = run_export(args.dir, args.format, args.out, dataset=args.dataset, per_timestep=per_timestep,
-                         config=args.config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DecisionWarning)
+        written = run_export(args.dir, args.format, args.out, dataset=args.dataset, per_timestep=per_timestep,
+                             config=args.config)
+    for warning in caught:  # the export differs from the artifact's decision: one line each
+        if issubclass(warning.category, DecisionWarning):
+            print(f"stepnorm: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -150,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dataset", default=None, help="one dataset's statistics instead of the combined ones")
     p.add_argument("--per-timestep", choices=["auto", "on", "off"], default="auto",
-                   help="per-timestep action statistics (auto: on when the config has a delta_mask)")
+                   help="per-timestep action statistics (auto: the artifact's decision, "
+                        "normalization.action.per_timestep; on/off override it with a warning)")
     p.add_argument("--config", default=None, help="refuse to export if the artifact is stale for this config")
     p.set_defaults(func=_export)
     return parser

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from stepnorm.errors import ConfigError
-from stepnorm.normalize import MODES
+from stepnorm.normalize import MODES, PER_TIMESTEP_CHOICES, Decision, resolve_decision
 from stepnorm.paths import is_remote
 from stepnorm.stats.combine import WEIGHTINGS, quantile_key
 from stepnorm.stats.exact import DEFAULT_SAMPLE_K as DEFAULT_SKETCH_K
@@ -35,11 +35,16 @@ MAX_SKETCH_K = 65535
 
 @dataclass
 class NormSpec:
-    """How one key is normalized."""
+    """How one key is normalized.
+
+    ``per_timestep`` (actions only): ``auto`` (on with a delta_mask), True or False; see
+    ``stepnorm.normalize.resolve_decision``.
+    """
 
     mode: str = "mean_std"
     mask: list[bool] | None = None
     clip: bool | None = None
+    per_timestep: str | bool = "auto"
 
 
 @dataclass
@@ -47,7 +52,9 @@ class DatasetConfig:
     name: str
     format: str
     path: str
-    split: str = "train"
+    split: str = "train"  # the split the statistics are computed from
+    # Every split `stepnorm normalize` writes into the one output TFDS dataset (default: [split]).
+    splits: list[str] = field(default_factory=list)
     weight: float = 1.0
     domain: str = "real"
     action_key: str | list[str] = "action"  # a list (rlds): step keys concatenated in order
@@ -62,6 +69,41 @@ class DatasetConfig:
     def is_remote(self) -> bool:
         """Whether the dataset is read from a URL (``gs://...``) rather than a local directory."""
         return is_remote(self.path)
+
+    @property
+    def output_splits(self) -> list[str]:
+        """The splits written by ``stepnorm normalize``, in order (the statistics' split first
+        unless listed otherwise)."""
+        return list(self.splits) or [self.split]
+
+
+def output_split_name(split: str) -> str:
+    """The output name of a TFDS split string: ``train[:90%]`` -> ``train``."""
+    return split.split("[")[0]
+
+
+def check_output_names(cfg: "Config") -> None:
+    """ConfigError when an output dataset name is a TFDS catalog name (e.g. ``bridge``).
+
+    Octo's and dlimp's loaders call ``tfds.builder(name, data_dir=...)``: a registered name picks
+    the catalog's builder, which tries to download the catalog dataset instead of reading ours.
+    Needs TensorFlow Datasets, so it runs for the commands that write TFDS output.
+    """
+    import tensorflow_datasets as tfds
+
+    catalog = set(tfds.list_builders(with_community_datasets=False))
+    for ds in cfg.datasets:
+        if ds.name in catalog:
+            raise ConfigError(cfg.path, f"datasets.{ds.name}: the output dataset name {ds.name!r} is a TFDS catalog "
+                                        f"name, so Octo/dlimp (tfds.builder) would load the catalog dataset; rename it, "
+                                        f"e.g. {_free_name(ds.name, catalog)!r}")
+
+
+def _free_name(name: str, catalog: set) -> str:
+    for suffix in ("_stepnorm", "_local", "_own"):
+        if name + suffix not in catalog:
+            return name + suffix
+    return name + "_" + "x" * 8
 
 
 @dataclass
@@ -84,6 +126,11 @@ class Config:
         out.pop("path")
         return out
 
+    def action_decision(self) -> Decision:
+        """The one per-timestep decision for this config's actions (and which block it uses)."""
+        spec = self.normalization.get("action", NormSpec())
+        return resolve_decision(spec.per_timestep, self.delta_mask)
+
     def statistics_config(self) -> dict:
         """What the statistics depend on (part of every dataset's cache key)."""
         return {"horizon": self.horizon, "quantiles": self.quantiles, "delta_mask": self.delta_mask,
@@ -92,8 +139,8 @@ class Config:
 
 _TOP_KEYS = {"horizon", "quantiles", "weighting", "delta_mask", "normalization", "normalize_with", "model",
              "datasets", "validators", "sketch_k"}
-_DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__}
-_NORM_KEYS = {"mode", "mask", "clip"}
+_DATASET_KEYS = {f for f in DatasetConfig.__dataclass_fields__} | {"stats_split"}
+_NORM_KEYS = {"mode", "mask", "clip", "per_timestep"}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -170,7 +217,12 @@ def parse_config(raw: Any, where: str = "<config>", base_dir: Path | None = None
         clip = spec.get("clip")
         if clip is not None and not isinstance(clip, bool):
             raise ConfigError(where, f"normalization.{key}.clip must be true or false, got {clip!r}")
-        normalization[key] = NormSpec(mode, mask, clip)
+        per_timestep = spec.get("per_timestep", "auto")
+        if per_timestep not in PER_TIMESTEP_CHOICES or (per_timestep != "auto" and not isinstance(per_timestep, bool)):
+            raise ConfigError(where, f"normalization.{key}.per_timestep must be auto, true or false, got {per_timestep!r}")
+        if key != "action" and per_timestep != "auto":
+            raise ConfigError(where, f"normalization.{key}.per_timestep: only actions have per-timestep statistics")
+        normalization[key] = NormSpec(mode, mask, clip, per_timestep)
     needs_q = any(s.mode == "q01_q99" for s in normalization.values())
     if needs_q and not {0.01, 0.99} <= set(quantiles):
         raise ConfigError(where, "normalization mode q01_q99 needs 0.01 and 0.99 in quantiles")
@@ -240,6 +292,7 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
             raise ConfigError(where, f"{label}.weight must be a finite number > 0, got {weight!r}")
         if "split" in item and (not isinstance(item["split"], str) or not item["split"]):
             raise ConfigError(where, f"{label}.split must be a non-empty string, got {item['split']!r}")
+        split, splits = _splits(item, where, label)
         action_key = _step_keys(item.get("action_key", "action"), item["format"], where, f"{label}.action_key")
         state_key = item.get("state_key")
         if state_key is not None:
@@ -263,11 +316,41 @@ def _datasets(raw: Any, where: str, base_dir: Path | None) -> list[DatasetConfig
                 raise ConfigError(where, f"{label}.max_frames applies to lerobot datasets; for rlds use a split "
                                          f"slice such as 'train[:10%]'")
         out.append(DatasetConfig(
-            name=name, format=item["format"], path=path, split=item.get("split", "train"),
+            name=name, format=item["format"], path=path, split=split, splits=splits,
             weight=float(weight), domain=item.get("domain", "real"), action_key=action_key,
             state_key=state_key, image_keys=image_keys, transforms=transforms, max_frames=max_frames, **dims,
         ))
     return out
+
+
+def _splits(item: dict, where: str, label: str) -> tuple[str, list[str]]:
+    """``(statistics split, output splits)`` from ``split`` or ``splits`` (+ ``stats_split``).
+
+    With ``splits``, the statistics split is ``stats_split`` (or ``split``, as a resolved config
+    records it), default the first; an empty ``splits`` means just ``split``.
+    """
+    if not item.get("splits"):
+        if "splits" in item and item["splits"] not in (None, []):
+            raise ConfigError(where, f"{label}.splits must be a non-empty list of split names, got {item['splits']!r}")
+        if "stats_split" in item:
+            raise ConfigError(where, f"{label}.stats_split needs splits: [...] (it picks one of them)")
+        return item.get("split", "train"), []
+    splits = item["splits"]
+    if not isinstance(splits, list) or not all(isinstance(x, str) and x for x in splits):
+        raise ConfigError(where, f"{label}.splits must be a non-empty list of split names, got {splits!r}")
+    names = [output_split_name(x) for x in splits]
+    if len(set(names)) != len(names):
+        raise ConfigError(where, f"{label}.splits {splits} write the same output split twice ({names})")
+    if item["format"] != "rlds" and len(splits) > 1:
+        raise ConfigError(where, f"{label}.splits: {item['format']} datasets have one split; list one")
+    chosen = {k: item[k] for k in ("stats_split", "split") if k in item}
+    if len(set(chosen.values())) > 1:
+        raise ConfigError(where, f"{label}: split {chosen['split']!r} and stats_split {chosen['stats_split']!r} "
+                                 f"disagree (with splits, both name the statistics split)")
+    stats_split = next(iter(chosen.values()), splits[0])
+    if stats_split not in splits:
+        raise ConfigError(where, f"{label}.stats_split {stats_split!r} is not one of splits {splits}")
+    return stats_split, list(splits)
 
 
 def _step_keys(value: Any, fmt: str, where: str, label: str) -> str | list[str]:

@@ -6,11 +6,13 @@ The pytree is ``{"global": P, "per_timestep": P or None, "clip_bound": scalar}``
 ``P = {"center", "scale", "active", "degenerate", "empty"}`` (``[D]`` or ``[H, D]``); the clip
 setting lives in the tree (``inf`` when off), so the functions jit without static arguments::
 
-    params = params_from_artifact(read_artifact("stats_dir"), mode="q01_q99")
+    params = params_from_artifact(read_artifact("stats_dir"))
     y = jax.jit(normalize)(params, actions)          # actions [B, H, D]
 
-``chunked`` (None: per-timestep when the tree has it) selects the statistics from the tree's
-structure and the input's shape, both static under jit; pass it as a static argument if you set it.
+``chunked`` selects the statistics from the tree's structure and the input's shape, both static
+under jit (the rules are the numpy module's ``select_rows``; the formula is its ``affine``, with
+jax's array operations); pass it as a static argument if you set it. ``params_from_artifact``
+follows the artifact's per-timestep decision.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from stepnorm.normalize import NormParams, Normalizer
+from stepnorm.normalize import ArrayOps, NormParams, Normalizer, affine, pick
 
 _FIELDS = ("center", "scale", "active", "degenerate", "empty")
+_OPS = ArrayOps(jnp.where, jnp.clip)
 
 
 def _tree(params: NormParams, dtype) -> dict:
@@ -46,30 +49,17 @@ def params_from_stats(global_stats: Mapping[str, np.ndarray], per_timestep: Mapp
     return params_from_normalizer(Normalizer(global_stats, per_timestep, **normalizer_kwargs), dtype)
 
 
-def params_from_artifact(artifact, key: str = "action", dataset: str | None = None, per_timestep: bool = True,
-                         dtype=jnp.float32, **normalizer_kwargs) -> dict[str, Any]:
-    """The pytree from an ``Artifact``, as ``Normalizer.from_artifact``."""
+def params_from_artifact(artifact, key: str = "action", dataset: str | None = None,
+                         per_timestep: bool | None = None, dtype=jnp.float32, **normalizer_kwargs) -> dict[str, Any]:
+    """The pytree from an ``Artifact``, as ``Normalizer.from_artifact`` (``per_timestep`` None
+    follows the artifact's decision; mode, mask and clip default to its config)."""
     return params_from_normalizer(Normalizer.from_artifact(artifact, key, dataset, per_timestep, **normalizer_kwargs),
                                   dtype)
 
 
-def _select(params: Mapping[str, Any], x, chunked: bool | None) -> dict:
-    dim = params["global"]["center"].shape[-1]
-    if x.shape[-1:] != (dim,):
-        raise ValueError(f"last axis of x must be {dim} dims, got shape {list(x.shape)}")
+def _select(params: Mapping[str, Any], x, chunked: bool | None) -> NormParams:
     pt = params["per_timestep"]
-    if chunked is None:
-        chunked = pt is not None
-    if not chunked:
-        return params["global"]
-    if pt is None:
-        raise ValueError("chunked input needs per-timestep statistics; these parameters have only global ones")
-    if x.ndim < 2:
-        raise ValueError(f"chunked input must be [..., h, D], got shape {list(x.shape)}")
-    h, horizon = x.shape[-2], pt["center"].shape[0]
-    if h > horizon:
-        raise ValueError(f"chunk horizon {h} is longer than the statistics' horizon {horizon}")
-    return {n: v[:h] for n, v in pt.items()}
+    return pick(NormParams(**params["global"]), None if pt is None else NormParams(**pt), x.shape, chunked)
 
 
 def _dtypes(params, x):
@@ -78,27 +68,20 @@ def _dtypes(params, x):
     return jnp.promote_types(out, base), out
 
 
-def normalize(params: Mapping[str, Any], x, chunked: bool | None = None):
-    """Normalize ``x`` (``[..., h, D]`` per-timestep, or ``[..., D]`` global with ``chunked=False``)."""
+def _apply(params: Mapping[str, Any], x, chunked: bool | None, inverse: bool):
     x = jnp.asarray(x)
     p = _select(params, x, chunked)
     dtype, out = _dtypes(params, x)
-    xf = x.astype(dtype)
-    bound = jnp.asarray(params["clip_bound"], dtype)
-    y = jnp.clip((xf - p["center"].astype(dtype)) / p["scale"].astype(dtype), -bound, bound)
-    y = jnp.where(p["active"], y, xf)
-    y = jnp.where(p["degenerate"] | p["empty"], jnp.zeros((), dtype), y)
-    return y.astype(out)
+    p = NormParams(p.center.astype(dtype), p.scale.astype(dtype), p.active, p.degenerate, p.empty)
+    return affine(x.astype(dtype), p, jnp.asarray(params["clip_bound"], dtype), inverse, _OPS).astype(out)
+
+
+def normalize(params: Mapping[str, Any], x, chunked: bool | None = None):
+    """Normalize ``x`` (shapes as for the numpy ``Normalizer``: ``[..., B, h, D]`` per position when
+    the tree has per-timestep statistics, ``[B, D]`` then needs ``chunked``)."""
+    return _apply(params, x, chunked, inverse=False)
 
 
 def unnormalize(params: Mapping[str, Any], y, chunked: bool | None = None):
     """Inverse of ``normalize`` on unclipped values; degenerate dims give the center, empty NaN."""
-    y = jnp.asarray(y)
-    p = _select(params, y, chunked)
-    dtype, out = _dtypes(params, y)
-    yf = y.astype(dtype)
-    center = p["center"].astype(dtype)
-    x = jnp.where(p["active"], yf * p["scale"].astype(dtype) + center, yf)
-    x = jnp.where(p["degenerate"], center, x)
-    x = jnp.where(p["empty"], jnp.full((), jnp.nan, dtype), x)
-    return x.astype(out)
+    return _apply(params, y, chunked, inverse=True)

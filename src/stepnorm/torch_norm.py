@@ -5,6 +5,9 @@ global ``[D]`` and per-timestep ``[H, D]`` statistics are buffers, so they trave
 ``state_dict`` and move with ``.to(device)``. Everything is elementwise over broadcast
 parameters: a chunk ``[..., h, D]`` uses the first ``h`` rows at once (no loop over timesteps),
 ``h > H`` is an error, degenerate dims never divide, and dims the mask leaves off pass through.
+The shape rules and the formula are the numpy module's (``select_rows``, ``affine``); this module
+supplies only torch's array operations. ``from_artifact`` follows the artifact's per-timestep
+decision.
 
 Floating buffers are created in ``dtype`` (default: torch's default dtype, float32, which every
 device supports) and follow ``.to(dtype)``; each call computes in the wider of the input's and the
@@ -17,9 +20,9 @@ Example::
     from stepnorm.torch_norm import Normalize, Unnormalize
 
     art = read_artifact("stats_dir")
-    normalize = Normalize.from_artifact(art, mode="q01_q99", mask=[True] * 6 + [False])
-    unnormalize = Unnormalize.from_artifact(art, mode="q01_q99", mask=[True] * 6 + [False])
-    y = normalize(actions)            # actions [B, H, D] -> per-timestep statistics
+    normalize = Normalize.from_artifact(art)      # mode, mask, clip and decision from the artifact
+    unnormalize = Unnormalize.from_artifact(art)
+    y = normalize(actions)            # actions [B, H, D] -> the decision's statistics
     x = unnormalize(model_output)
 """
 
@@ -31,9 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from stepnorm.normalize import NormParams, Normalizer
+from stepnorm.normalize import ArrayOps, NormParams, Normalizer, affine, pick
 
 _FIELDS = ("center", "scale", "active", "degenerate", "empty")
+_OPS = ArrayOps(torch.where, torch.clamp)
 
 
 class _AffineNorm(nn.Module):
@@ -69,9 +73,10 @@ class _AffineNorm(nn.Module):
         return cls.from_normalizer(Normalizer(global_stats, per_timestep, **normalizer_kwargs), dtype)
 
     @classmethod
-    def from_artifact(cls, artifact, key: str = "action", dataset: str | None = None, per_timestep: bool = True,
-                      dtype: torch.dtype | None = None, **normalizer_kwargs):
-        """From an ``Artifact`` (combined or one dataset's statistics), as ``Normalizer.from_artifact``."""
+    def from_artifact(cls, artifact, key: str = "action", dataset: str | None = None,
+                      per_timestep: bool | None = None, dtype: torch.dtype | None = None, **normalizer_kwargs):
+        """From an ``Artifact`` (combined or one dataset's statistics), as ``Normalizer.from_artifact``:
+        ``per_timestep`` None follows the artifact's decision; mode, mask and clip default to its config."""
         return cls.from_normalizer(Normalizer.from_artifact(artifact, key, dataset, per_timestep, **normalizer_kwargs),
                                    dtype)
 
@@ -97,21 +102,17 @@ class _AffineNorm(nn.Module):
         """``H`` of the per-timestep statistics, or None."""
         return int(self.per_timestep_center.shape[0]) if self.has_per_timestep else None
 
-    def _params(self, x: torch.Tensor, chunked: bool | None) -> tuple[torch.Tensor, ...]:
-        if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"last axis of x must be {self.dim} dims, got shape {list(x.shape)}")
-        if chunked is None:
-            chunked = self.has_per_timestep
-        if not chunked:
-            return tuple(getattr(self, f"global_{n}") for n in _FIELDS)
-        if not self.has_per_timestep:
-            raise ValueError("chunked input needs per-timestep statistics; this module has only global ones")
-        if x.dim() < 2:
-            raise ValueError(f"chunked input must be [..., h, D], got shape {list(x.shape)}")
-        h = x.shape[-2]
-        if h > self.horizon:
-            raise ValueError(f"chunk horizon {h} is longer than the statistics' horizon {self.horizon}")
-        return tuple(getattr(self, f"per_timestep_{n}")[:h] for n in _FIELDS)
+    def _params(self, x: torch.Tensor, chunked: bool | None) -> NormParams:
+        def params(prefix):
+            return NormParams(*(getattr(self, f"{prefix}_{n}") for n in _FIELDS))
+
+        return pick(params("global"), params("per_timestep") if self.has_per_timestep else None, x.shape, chunked)
+
+    def _affine(self, x: torch.Tensor, chunked: bool | None, inverse: bool) -> torch.Tensor:
+        p = self._params(x, chunked)
+        dtype, out_dtype = self._compute_dtype(x)
+        p = NormParams(p.center.to(dtype), p.scale.to(dtype), p.active, p.degenerate, p.empty)
+        return affine(x.to(dtype), p, self.clip_bound.to(dtype), inverse, _OPS).to(out_dtype)
 
     def _compute_dtype(self, x: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
         """(dtype to compute in, dtype to return)."""
@@ -126,31 +127,17 @@ class _AffineNorm(nn.Module):
 class Normalize(_AffineNorm):
     """``y = (x - center) / scale`` on active dims; see the module docstring.
 
-    ``forward(x, chunked=None)``: ``x [..., h, D]`` with per-timestep statistics (the default when
-    they exist), or ``x [..., D]`` with the global ones (``chunked=False``).
+    ``forward(x, chunked=None)``: shapes as for the numpy ``Normalizer`` (``select_rows``): chunks
+    ``[..., B, h, D]`` per position when the module has per-timestep statistics, ``[B, D]`` needs
+    ``chunked`` then (``chunked=False``: single actions with the ``[D]`` statistics).
     """
 
     def forward(self, x: torch.Tensor, chunked: bool | None = None) -> torch.Tensor:
-        center, scale, active, degenerate, empty = self._params(x, chunked)
-        dtype, out_dtype = self._compute_dtype(x)
-        xf = x.to(dtype)
-        y = (xf - center.to(dtype)) / scale.to(dtype)
-        bound = self.clip_bound.to(dtype)
-        y = torch.clamp(y, -bound, bound)
-        y = torch.where(active, y, xf)
-        y = torch.where(degenerate | empty, torch.zeros((), dtype=dtype, device=y.device), y)
-        return y.to(out_dtype)
+        return self._affine(x, chunked, inverse=False)
 
 
 class Unnormalize(_AffineNorm):
     """Inverse of ``Normalize`` on unclipped values; degenerate dims return the center, empty NaN."""
 
     def forward(self, y: torch.Tensor, chunked: bool | None = None) -> torch.Tensor:
-        center, scale, active, degenerate, empty = self._params(y, chunked)
-        dtype, out_dtype = self._compute_dtype(y)
-        yf = y.to(dtype)
-        center = center.to(dtype)
-        x = torch.where(active, yf * scale.to(dtype) + center, yf)
-        x = torch.where(degenerate, center, x)
-        x = torch.where(empty, torch.full((), float("nan"), dtype=dtype, device=x.device), x)
-        return x.to(out_dtype)
+        return self._affine(y, chunked, inverse=True)

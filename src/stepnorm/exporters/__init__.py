@@ -17,6 +17,7 @@ from stepnorm.config import load_config
 from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.exporters import lerobot, octo, openpi, robomimic
 from stepnorm.exporters._common import ExportError, ExportSource
+from stepnorm.normalize import block_for, warn_if_overridden
 
 FORMATS: dict[str, ModuleType] = {"openpi": openpi, "lerobot": lerobot, "octo": octo, "robomimic": robomimic}
 
@@ -32,8 +33,11 @@ def run_export(directory: str | os.PathLike, format: str, out: str | os.PathLike
         format: ``openpi``, ``lerobot``, ``octo`` or ``robomimic``.
         out: output directory (created if missing); files in it are replaced atomically.
         dataset: one dataset's statistics instead of the combined ones.
-        per_timestep: ``[H, D]`` action statistics; None (auto) turns them on when the artifact's
-            config has a ``delta_mask`` and the format supports them (not Octo).
+        per_timestep: None follows the artifact's decision (``normalization.action.per_timestep``,
+            recorded in stats.json): ``per_timestep``, ``pooled`` or ``global`` action statistics.
+            True/False ask for another block (off with a delta_mask: ``pooled``) and warn
+            (``DecisionWarning``) when it differs from the decision. A format that cannot apply the
+            decision's block exports what its consumer applies and warns (see each module).
         config: a config file; refuse to export when the artifact was computed with another config.
 
     Returns:
@@ -55,10 +59,13 @@ def run_export(directory: str | os.PathLike, format: str, out: str | os.PathLike
         raise ArtifactError(str(artifact.path), f"no dataset {dataset!r} in this artifact "
                                                 f"(datasets: {', '.join(artifact.dataset_names)})")
     module = FORMATS[format]
+    decision = artifact.decision
     if per_timestep is None:
-        per_timestep = artifact.doc["config"].get("delta_mask") is not None and getattr(
-            module, "SUPPORTS_PER_TIMESTEP", True)
-    return module.export(ExportSource(artifact, dataset, bool(per_timestep)), Path(out))
+        block = decision.block
+    else:
+        block = block_for(per_timestep, artifact.doc["config"].get("delta_mask"))
+        warn_if_overridden(decision, block, f"the {format} export")
+    return module.export(ExportSource(artifact, dataset, block, explicit=per_timestep is not None), Path(out))
 
 
 def check_consistent(artifact: Artifact) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +14,7 @@ import numpy as np
 
 from stepnorm.artifact import Artifact
 from stepnorm.errors import StepnormError
+from stepnorm.normalize import DecisionWarning
 
 
 class ExportError(StepnormError):
@@ -26,12 +28,25 @@ class ExportSource:
     Attributes:
         artifact: the validated, self-consistent artifact.
         dataset: a dataset name, or None for the combined (mixture) statistics.
-        per_timestep: whether ``[H, D]`` action statistics are exported.
+        action_block: the action statistics asked for: ``per_timestep``, ``pooled`` or ``global``
+            (the artifact's decision, unless the export asked for another).
+        explicit: whether the caller asked for it (``--per-timestep on|off``) rather than the
+            decision giving it.
     """
 
     artifact: Artifact
     dataset: str | None
-    per_timestep: bool
+    action_block: str
+    explicit: bool = False
+
+    @property
+    def per_timestep(self) -> bool:
+        """Whether ``[H, D]`` action statistics are asked for."""
+        return self.action_block == "per_timestep"
+
+    def warn(self, message: str) -> None:
+        """A ``DecisionWarning``: the export gives other statistics than those asked for."""
+        warnings.warn(message, DecisionWarning, stacklevel=3)
 
     @property
     def where(self) -> str:

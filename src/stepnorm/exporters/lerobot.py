@@ -8,9 +8,10 @@
 Feature names are LeRobot's policy keys ``action`` and ``observation.state``. ``count`` is
 ``[num_steps]`` (LeRobot's shape ``[1]``). Of LeRobot's quantile keys (q01, q10, q50, q90, q99) only
 those the artifact computed are written: add 0.1/0.5/0.9 to the config's ``quantiles`` for
-QUANTILE10. With per-timestep statistics the action arrays are ``[H, D]``; LeRobot's normalizer
-broadcasts them over ``[B, H, D]`` chunks, so the policy's chunk size must equal ``H``. State and
-the per-step action statistics are ``global`` (each frame once, as LeRobot computes them).
+QUANTILE10. The action statistics are the artifact's decision: ``[H, D]`` per-timestep ones (LeRobot's
+normalizer broadcasts them over ``[B, H, D]`` chunks in training; inference needs
+``stepnorm.integrations.lerobot``, which unnormalizes each chunk position with its own row), or the
+``[D]`` ``pooled`` (decision off with a delta_mask) or ``global`` ones. State is ``global``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def _feature(stats, num_steps: int) -> dict:
 def export(src: ExportSource, out: Path) -> list[Path]:
     """Write ``stats.json`` for the action and state features."""
     num_steps = src.block()["num_steps"]
-    kind = "per_timestep" if src.per_timestep else "global"
-    doc = {"action": _feature(src.stats("action", kind), num_steps)}
+    doc = {"action": _feature(src.stats("action", src.action_block), num_steps)}
     if src.has("state"):
         doc["observation.state"] = _feature(src.stats("state", "global"), num_steps)
     return write_all(out, {FILE: doc})

@@ -7,9 +7,12 @@ Schema (openpi ``shared/normalize.py``: ``NormStats(mean, std, q01=None, q99=Non
                                                              "actions": {"mean", "std", "q01", "q99"}}}  [D]
     norm_stats_actions_per_timestep.json     {"norm_stats": {"actions": {... each [H, D]}}}
 
-``actions`` in ``norm_stats.json`` are the *pooled* statistics (every valid entry of every chunk
-position): openpi normalizes whole action chunks with one vector, and computes its own statistics
-over chunk entries, so pooled is the like-for-like replacement (without openpi's padded repeats).
+``actions`` in ``norm_stats.json`` are the ``[D]`` statistics of the artifact's decision: openpi
+normalizes whole action chunks with one vector, so with the decision off that is the decision's
+block (``pooled`` with a delta_mask, ``global`` without) and every path agrees. With the decision
+on, ``norm_stats.json`` holds the *pooled* statistics (every valid entry of every chunk position,
+openpi's own definition without its padded repeats) for stock openpi, and the per-timestep file
+holds ``[H, D]``; ``stepnorm.integrations.openpi`` loads both and applies the per-timestep ones.
 ``q01``/``q99`` are written when the artifact has them (openpi's quantile mode, pi0-FAST and pi0.5,
 needs them).
 """
@@ -31,7 +34,8 @@ def _norm_stats(stats) -> dict:
 
 def export(src: ExportSource, out: Path) -> list[Path]:
     """Write openpi's global file, plus the per-timestep actions file when ``src.per_timestep``."""
-    global_stats = {"actions": _norm_stats(src.stats("action", "pooled"))}
+    one_vector = "pooled" if src.per_timestep else src.action_block
+    global_stats = {"actions": _norm_stats(src.stats("action", one_vector))}
     if src.has("state"):
         global_stats = {"state": _norm_stats(src.stats("state", "global")), **global_stats}
     files = {GLOBAL_FILE: {"norm_stats": global_stats}}

@@ -8,9 +8,14 @@ can be merged into ``ckpt_dict`` (robomimic turns the lists back into arrays whe
      "action_config": {"actions": {"normalization": "min_max" | "gaussian"}},
      "obs_normalization": "min_max" | "gaussian"}
 
-Arrays carry robomimic's leading broadcast axis ``[1, D]``; with per-timestep statistics the
-action arrays are ``[H, D]`` (one row per chunk position; the policy's chunk length must be ``H``).
-``state`` is a placeholder key: rename it to your observation key.
+Arrays carry robomimic's leading broadcast axis ``[1, D]``: robomimic v0.5's ``normalize_dict``
+applies row 0 of an offset/scale to every action, so only ``[1, D]`` is ever exported, from the
+artifact's ``[D]`` block (``global``, or ``pooled`` when the decision is off with a delta_mask).
+``--per-timestep on`` is an error; when the decision is on, the export holds the ``global``
+statistics (chunk position 0, what robomimic applies to each step) with a warning, and a policy
+that predicts ``[H, D]`` chunks unnormalizes them per position with
+``stepnorm.integrations.robomimic.unnormalize_chunk``. ``state`` is a placeholder key: rename it
+to your observation key.
 
 Rules follow robomimic's ``action_stats_to_normalization_stats``:
 
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stepnorm.exporters._common import ExportSource, as_list, write_all
+from stepnorm.exporters._common import ExportError, ExportSource, as_list, write_all
 
 FILE = "robomimic_normalization.json"
 ACTION_KEY = "actions"
@@ -75,7 +80,17 @@ def _entry(stats, mode: str, mask) -> dict:
 def export(src: ExportSource, out: Path) -> list[Path]:
     """Write ``robomimic_normalization.json`` from the config's action (and state) normalization."""
     mode, mask, _ = src.norm_spec("action")
-    kind = "per_timestep" if src.per_timestep else "global"
+    kind = src.action_block
+    if src.per_timestep:
+        if src.explicit:
+            raise ExportError(src.where, "robomimic applies one [1, D] offset/scale row to every action (its "
+                                         "normalize_dict uses row 0 of an [H, D] array), so per-timestep statistics "
+                                         "cannot be exported for it; export with --per-timestep off or auto, and "
+                                         "unnormalize predicted chunks with stepnorm.integrations.robomimic")
+        kind = "global"
+        src.warn("robomimic applies one [1, D] row to every action: exporting the 'global' statistics (chunk "
+                 "position 0) although the artifact's decision is 'per_timestep'; unnormalize a policy's [H, D] "
+                 "chunks per position with stepnorm.integrations.robomimic.unnormalize_chunk")
     doc = {
         "action_normalization_stats": {ACTION_KEY: _entry(src.stats("action", kind), mode, mask)},
         "action_config": {ACTION_KEY: {"normalization": METHODS[mode]}},

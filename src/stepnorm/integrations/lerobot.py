@@ -102,8 +102,10 @@ class _ActionChunkStats:
             self.mask = [bool(m) for m in spec["mask"]]
         if self.clip is None and spec.get("clip") is not None:
             self.clip = bool(spec["clip"])
-        normalizer = Normalizer.from_artifact(art, ACTION, self.dataset, per_timestep=True, mode=self.mode,
-                                              mask=self.mask, clip=self.clip)
+        # The artifact's per-timestep decision picks the statistics, as for every other path: [H, D]
+        # rows when it is on, else its one [D] block (pooled with a delta_mask, or global).
+        normalizer = Normalizer.from_artifact(art, ACTION, self.dataset, mode=self.mode, mask=self.mask,
+                                              clip=self.clip)
         self.module = self._module_class.from_normalizer(normalizer, dtype=_DTYPES[self.dtype])
         delta = art.doc.get("config", {}).get("delta_mask")
         self.delta_mask = torch.tensor([bool(d) for d in delta]) if delta and any(delta) else None
@@ -201,7 +203,8 @@ class StepnormActionNormalizerStep(_ActionChunkStats):
             x = action.to(self._work_dtype) - reference[:, None, :]
         else:
             x = action
-        new[ACTION] = self._on(action.device)(x, chunked=True).to(action.dtype)
+        module = self._on(action.device)
+        new[ACTION] = module(x, chunked=module.has_per_timestep).to(action.dtype)
         return new
 
 
@@ -226,7 +229,8 @@ class StepnormActionUnnormalizerStep(_ActionChunkStats):
         """
         if chunk.dim() != 3:
             raise ValueError(f"expected a predicted chunk [B, h, D], got shape {list(chunk.shape)}")
-        x = self._on(chunk.device)(chunk.to(self._work_dtype), chunked=True)
+        module = self._on(chunk.device)
+        x = module(chunk.to(self._work_dtype), chunked=module.has_per_timestep)
         if self.delta_mask is not None:
             if reference is None:
                 raise ValueError(f"the artifact has a delta_mask, but the batch has no {REFERENCE_KEY!r}: "

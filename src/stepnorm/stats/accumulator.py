@@ -136,6 +136,10 @@ class ChunkStatsAccumulator:
             "tail": CellGroup((n_plain,), k),
             "delta": CellGroup((h, n_delta), k),
         }
+        if n_delta:
+            # The stored (non-delta) values of the delta dims, once per step: consumers that
+            # normalize stored actions (Octo) need these; plain dims have them in head/tail.
+            self.groups["raw"] = CellGroup((n_delta,), k)
         if state_dim is not None:
             self.groups["state"] = CellGroup((state_dim,), k)
 
@@ -193,6 +197,7 @@ class ChunkStatsAccumulator:
             padded = np.concatenate([action[:, delta], np.full((h - 1, len(delta)), np.nan)], axis=0)
             window = sliding_window_view(padded, h, axis=0)  # [T, Dd, H]: window[t, d, k] = a_{t+k}
             out["delta"] = window.transpose(0, 2, 1) - state[:, None, delta]
+            out["raw"] = action[:, delta]  # the stored actions of the delta dims (what Octo normalizes)
         if state is not None and self.state_dim is not None:
             out["state"] = np.asarray(state, np.float64).reshape(t_len, -1)
         return out
@@ -262,7 +267,9 @@ class ChunkStatsAccumulator:
             action_dim, state_dim = (int(x) for x in z["dims"])
             if action_dim >= 0:
                 acc.action_dim, acc.state_dim = action_dim, (state_dim if state_dim >= 0 else None)
-                keys = ["head", "tail", "delta"] + (["state"] if state_dim >= 0 else [])
+                # "raw" is absent in blobs written before it existed; the order is _init_layout's.
+                keys = ["head", "tail", "delta"] + (["raw"] if "raw.n" in z.files else [])
+                keys += ["state"] if state_dim >= 0 else []
                 for key in keys:
                     moments = Moments.from_arrays({f: z[f"{key}.{f}"] for f in ("n", "mean", "m2", "min", "max")})
                     samples = SampleGrid.from_arrays(moments.shape, spec.sketch_k, z, key)

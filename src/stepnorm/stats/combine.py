@@ -109,6 +109,8 @@ class FinalStats:
         global_: action cells ``[D]`` over each step once (the chunk's first entry, ``A_t[0]``).
         pooled: action cells ``[D]`` over all valid chunk entries of all positions.
         state: state cells ``[Ds]`` or None.
+        raw: with a delta_mask, action cells ``[D]`` over each stored (non-delta) action once
+            (``global`` without a delta_mask); None without one, or when unknown.
     """
 
     horizon: int
@@ -118,10 +120,11 @@ class FinalStats:
     global_: CellStats | None
     pooled: CellStats | None
     state: CellStats | None
+    raw: CellStats | None = None
 
     @property
     def blocks(self) -> list[CellStats]:
-        return [c for c in (self.per_timestep, self.global_, self.pooled, self.state) if c is not None]
+        return [c for c in (self.per_timestep, self.global_, self.pooled, self.state, self.raw) if c is not None]
 
     @classmethod
     def from_accumulator(cls, acc, data=None) -> "FinalStats":
@@ -169,7 +172,16 @@ class FinalStats:
         if "state" in acc.groups:
             sg = acc.groups["state"]
             state = CellStats(sg.moments.copy(), [Target([(Source(rid, "state", i), 1)]) for i in range(sg.shape[0])], refs)
-        return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state)
+        raw = None
+        if len(delta) and "raw" in acc.groups:
+            # the stored actions: global's cells for plain dims, the "raw" group for delta dims
+            raw_m = global_.moments.copy()
+            _put(raw_m, (delta,), acc.groups["raw"].moments)
+            targets = [Target(list(t.members), t.weights) for t in global_.targets]
+            for j, dim in enumerate(delta):
+                targets[dim] = Target([(Source(rid, "raw", j), 1)])
+            raw = CellStats(raw_m, targets, refs)
+        return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state, raw)
 
     def to_dict(self, quantiles: Sequence[float]) -> dict:
         """``{"num_episodes", "num_steps", "action": {"global", "per_timestep", "pooled"}, "state": {"global"}}``."""
@@ -181,6 +193,8 @@ class FinalStats:
                 "per_timestep": self.per_timestep.to_dict(quantiles),
                 "pooled": self.pooled.to_dict(quantiles),
             }
+            if self.raw is not None:
+                out["action"]["raw"] = self.raw.to_dict(quantiles)
         if self.state is not None:
             out["state"] = {"global": self.state.to_dict(quantiles)}
         return out
@@ -207,7 +221,7 @@ def combine(parts: Sequence[tuple[FinalStats, float]], weighting: str = "samples
     if len(horizons) != 1:
         raise ValueError(f"cannot combine statistics with different horizons {sorted(horizons)}")
     with_data = [(p, w) for p, w in parts if p.per_timestep is not None]
-    fields = ("per_timestep", "global_", "pooled", "state")
+    fields = ("per_timestep", "global_", "pooled", "state", "raw")
     combined = {}
     for name in fields:
         cells = [(getattr(p, name), w) for p, w in with_data if getattr(p, name) is not None]
