@@ -50,10 +50,10 @@ def grid(name: str, seeds: int) -> list:
                     conds += [Condition(action=action, horizon=horizon, norm=n, mode="q01_q99")
                               for n in ("global", "per_timestep")]
     elif name == "fit":
-        # Delta H=50 with less (or more) fit than the main grid's 4000 steps of a 3x256 MLP on 500 demos.
+        # Delta H=50 (and H=16 at 1000 steps) with less (or more) fit than the main grid's 4000 steps of a 3x256 MLP on 500 demos.
         base = Condition(action="delta", horizon=50)
         conds = []
-        for change in ({"steps": 1000}, {"width": 64}, {"demos": 100}, {"steps": 12000}):
+        for change in ({"steps": 1000}, {"width": 64}, {"demos": 100}, {"steps": 12000}, {"horizon": 16, "steps": 1000}):
             conds += [replace(base, norm=n, **change) for n in ("global", "per_timestep")]
     elif name == "all":
         return grid("main", seeds) + grid("fit", seeds)
