@@ -183,7 +183,7 @@ def chunk_error(policy, unnorm, chunked, episodes: list[Episode], cond: Conditio
 
 def run(cond: Condition) -> dict:
     """Train and evaluate one condition; the result as a JSON-able dict."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(cond.seed)
     # The seed draws the demos as well as the initialization and batches: the CIs cover both.
     train_eps, _ = make_episodes(np.random.default_rng([DATA_SEED, cond.seed]), cond.demos, "train")
@@ -217,6 +217,8 @@ def run(cond: Condition) -> dict:
     _, spread_g = center_and_spread(stats["pooled"], cond.mode)
     return {"condition": asdict(cond), "group": cond.group, "key": cond.key, "final_loss": float(loss.detach()),
             "train_seconds": train_s, "total_seconds": time.perf_counter() - t_start,
+            # CPU time of this (single-threaded) run: its wall time on a free core, whatever the load.
+            "cpu_seconds": time.process_time() - cpu_start,
             "success": {k: v.astype(int).tolist() for k, v in result.items() if k.startswith("success@")},
             "collided": result["collided"].astype(int).tolist(),
             "final_distance": result["final_distance"].tolist(), "chunk_error": err.tolist(),

@@ -155,6 +155,9 @@ def write_outputs(out: Path, results: list[dict], wall: float, trained: list, ar
     run_seconds = [r["total_seconds"] for r in results]
     timing = {"wall_seconds_this_invocation": wall, "runs_trained": len(trained), "jobs": args.jobs,
               "sum_run_seconds": sum(run_seconds), "load_average": list(os.getloadavg()),
+              # CPU seconds (runs from before this field existed have none): / jobs = free-machine wall time.
+              "sum_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
+              "runs_with_cpu_seconds": sum("cpu_seconds" in r for r in results),
               "cpu_count": os.cpu_count()}
     doc = {"grid": "quick" if args.quick else args.grid, "timing": timing, "conditions": rows}
     (out / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
