@@ -15,6 +15,7 @@ resumes where it stopped. Seeds are fixed; the results do not depend on ``--jobs
 Usage:
   python bench/evidence/run.py [--out evidence_out] [--grid main|fit|all] [--jobs 2] [--seeds 5]
   python bench/evidence/run.py --quick --out /tmp/evidence_quick     # smoke test, ~30 s
+  python bench/evidence/run.py --grid all --no-train --out DIR       # summarize what has finished
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ def grid(name: str, seeds: int) -> list:
         # Delta H=50 (and H=16 at 1000 steps) with less (or more) fit than the main grid's 4000 steps of a 3x256 MLP on 500 demos.
         base = Condition(action="delta", horizon=50)
         conds = []
-        for change in ({"steps": 1000}, {"width": 64}, {"demos": 100}, {"steps": 12000}, {"horizon": 16, "steps": 1000}):
+        for change in ({"steps": 1000}, {"width": 64}, {"demos": 100}, {"horizon": 16, "steps": 1000}):
             conds += [replace(base, norm=n, **change) for n in ("global", "per_timestep")]
+        # The long runs (more CPU than all the others together) last, so the rest finishes first.
+        long = [replace(base, norm=n, steps=12000) for n in ("global", "per_timestep")]
+        return [replace(c, seed=s) for s in range(seeds) for c in conds] + [replace(c, seed=s) for s in range(seeds)
+                                                                            for c in long]
     elif name == "all":
         return grid("main", seeds) + grid("fit", seeds)
     else:
@@ -105,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2, one torch thread each)")
     parser.add_argument("--quick", action="store_true", help="a small grid for a smoke test (2 seeds, short training)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="only summarize the grid's finished runs (missing ones are listed in summary.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
@@ -122,7 +129,11 @@ def main(argv=None) -> int:
             results[cond] = done
         else:
             todo.append(cond)
-    print(f"{len(conds)} runs: {len(results)} reused, {len(todo)} to train with {args.jobs} process(es)", flush=True)
+    missing = []
+    if args.no_train:
+        missing, todo = [f"{c.group} seed {c.seed}" for c in todo], []
+    print(f"{len(conds)} runs: {len(results)} reused, {len(todo)} to train with {args.jobs} process(es)"
+          + (f", {len(missing)} missing" if missing else ""), flush=True)
     t0 = time.perf_counter()
     if todo:
         jobs = min(args.jobs, len(todo))
@@ -141,13 +152,16 @@ def main(argv=None) -> int:
             pool.close()
             pool.join()
     wall = time.perf_counter() - t0
-    write_outputs(out, [results[c] for c in conds], wall, todo, args)
+    if not results:
+        print(f"stepnorm: error: {out}: no finished runs of this grid to summarize", file=sys.stderr)
+        return 2
+    write_outputs(out, [results[c] for c in conds if c in results], wall, todo, args, missing)
     print(f"wrote {out / 'table.md'}, {out / 'summary.json'}, {out / 'success.png'}, {out / 'chunk_error.png'} "
           f"({wall:.0f} s wall for {len(todo)} runs)")
     return 0
 
 
-def write_outputs(out: Path, results: list[dict], wall: float, trained: list, args) -> None:
+def write_outputs(out: Path, results: list[dict], wall: float, trained: list, args, missing: list) -> None:
     """summary.json, table.md and the plots for ``results``."""
     import analysis
 
@@ -159,7 +173,7 @@ def write_outputs(out: Path, results: list[dict], wall: float, trained: list, ar
               "sum_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in results),
               "runs_with_cpu_seconds": sum("cpu_seconds" in r for r in results),
               "cpu_count": os.cpu_count()}
-    doc = {"grid": "quick" if args.quick else args.grid, "timing": timing, "conditions": rows}
+    doc = {"grid": "quick" if args.quick else args.grid, "timing": timing, "missing_runs": missing, "conditions": rows}
     (out / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "table.md").write_text(analysis.markdown_table(rows))
     analysis.plot_success(rows, out / "success.png")
