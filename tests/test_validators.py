@@ -23,6 +23,7 @@ from stepnorm.sources import dataset_fingerprint
 from stepnorm.sources.base import Episode
 from stepnorm.validators import check_image_batch, classify_ranges, run_gate
 from stepnorm.validators.drift import js_distance
+from stepnorm.validators.expectations import load_suite
 
 IMAGE_KEY = "observation/image"
 
@@ -413,8 +414,7 @@ def test_global_norm_loss_weights(tmp_path, sample_dir, velocity, horizon):
     assert np.allclose(row["ratio_by_k"], pooled / spread_k, rtol=5e-3, atol=0)  # rounded to 3 digits
     ratio = (spread_k[-1] / spread_k[0]) ** 2
     assert row["loss_weight_ratio"] == pytest.approx(ratio, rel=1e-9) and row["last_k"] == horizon - 1
-    params = yaml.safe_load((Path(__file__).parents[1] / "validators" / "validators.yaml").read_text())
-    params = params["stats_health"]["params"]
+    params = load_suite(None).params["stats_health"]
     expected = ("warning" if ratio > params["loss_weight_ratio_warning"]
                 else "info" if ratio > params["loss_weight_ratio_info"] else None)
     got = [f for f in findings(result, "stats_health.global_norm_weights") if f.dims == [0] and len(f.datasets) == 2]
@@ -426,8 +426,7 @@ def test_global_norm_loss_weights(tmp_path, sample_dir, velocity, horizon):
 
 def test_global_norm_loss_weight_cases_cover_every_tier():
     """The planted cases above stay meaningful when the thresholds move: about 1, H^2 = 36, 196, 576."""
-    params = yaml.safe_load((Path(__file__).parents[1] / "validators" / "validators.yaml").read_text())
-    params = params["stats_health"]["params"]
+    params = load_suite(None).params["stats_health"]
     assert 36 < params["loss_weight_ratio_info"] < 196 < params["loss_weight_ratio_warning"] < 576
 
 
