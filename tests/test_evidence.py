@@ -25,7 +25,7 @@ import pointmass as pm  # noqa: E402
 
 @pytest.fixture(scope="module")
 def demos():
-    return ex.make_episodes(np.random.default_rng(3), 12, "t")[0]
+    return ex.make_episodes(np.random.default_rng(3), 12, "t")
 
 
 @pytest.mark.parametrize("delta, horizon", [(True, 16), (False, 16), (True, 50)])

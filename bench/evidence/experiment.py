@@ -76,13 +76,13 @@ class Condition:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def make_episodes(rng: np.random.Generator, n: int, name: str) -> tuple[list[Episode], dict[str, np.ndarray]]:
-    """``n`` expert demos as stepnorm episodes (one per task), and the tasks."""
+def make_episodes(rng: np.random.Generator, n: int, name: str) -> list[Episode]:
+    """``n`` expert demos on fresh tasks, as stepnorm episodes."""
     tasks = pm.sample_tasks(rng, n)
     states, actions = pm.expert_demos(rng, tasks)
     episodes = [Episode(dataset=name, source=f"{name} demo {i}", index=i, action=actions[i].astype(np.float32),
                         state=states[i].astype(np.float32)) for i in range(n)]
-    return episodes, tasks
+    return episodes
 
 
 def chunk_targets(ep: Episode, horizon: int, delta: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +186,8 @@ def run(cond: Condition) -> dict:
     t_start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(cond.seed)
     # The seed draws the demos as well as the initialization and batches: the CIs cover both.
-    train_eps, _ = make_episodes(np.random.default_rng([DATA_SEED, cond.seed]), cond.demos, "train")
-    val_eps, _ = make_episodes(np.random.default_rng([DATA_SEED + 1, cond.seed]), N_VAL, "val")
+    train_eps = make_episodes(np.random.default_rng([DATA_SEED, cond.seed]), cond.demos, "train")
+    val_eps = make_episodes(np.random.default_rng([DATA_SEED + 1, cond.seed]), N_VAL, "val")
     stats = statistics(train_eps, cond.horizon, cond.action == "delta")
     norm, unnorm, chunked = make_normalizers(stats, cond)
     obs, targets, valid = dataset_arrays(train_eps, cond)

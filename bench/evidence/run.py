@@ -35,36 +35,43 @@ sys.path.insert(0, str(HERE))
 MARKER = ".stepnorm-evidence"  # marks a directory this command wrote (never write into others)
 
 
+FIT_SEEDS = 3  # the fit ablations change one setting at a time and use fewer seeds
+
+
 def grid(name: str, seeds: int) -> list:
-    """The conditions of a grid, seed-major (an interrupted grid has whole conditions for the first seeds)."""
+    """The conditions of a grid, seed-major within each part, cheapest and most central parts
+    first: an interrupted grid (summarized with --no-train) has whole conditions for the first seeds.
+
+    main = mean_std conditions (delta/absolute, H=16/50, global/per-timestep/reweight), then the
+    q01/q99 variants (delta); fit = delta H=50 (and H=16) with less or more fit than the main
+    grid's 4000 steps of a 3x256 MLP on 500 demos; all = main mean_std, short fit ablations,
+    q01/q99, then the expensive ablations.
+    """
     from experiment import Condition
+
+    def seeded(conds, n):
+        return [replace(c, seed=s) for s in range(n) for c in conds]
+
+    def pair(base, **change):
+        return [replace(base, norm=n, **change) for n in ("global", "per_timestep")]
 
     if name == "quick":
         base = Condition(action="delta", horizon=16, steps=150, demos=40, n_eval=40)
-        conds = [replace(base, norm=n) for n in ("global", "per_timestep", "reweight")]
-    elif name == "main":
-        conds = []
-        for action in ("delta", "absolute"):
-            for horizon in (16, 50):
-                conds += [Condition(action=action, horizon=horizon, norm=n) for n in ("global", "per_timestep", "reweight")]
-                if action == "delta":
-                    conds += [Condition(action=action, horizon=horizon, norm=n, mode="q01_q99")
-                              for n in ("global", "per_timestep")]
-    elif name == "fit":
-        # Delta H=50 (and H=16 at 1000 steps) with less (or more) fit than the main grid's 4000 steps of a 3x256 MLP on 500 demos.
-        base = Condition(action="delta", horizon=50)
-        conds = []
-        for change in ({"steps": 1000}, {"width": 64}, {"demos": 100}, {"horizon": 16, "steps": 1000}):
-            conds += [replace(base, norm=n, **change) for n in ("global", "per_timestep")]
-        # The long runs (more CPU than all the others together) last, so the rest finishes first.
-        long = [replace(base, norm=n, steps=12000) for n in ("global", "per_timestep")]
-        return [replace(c, seed=s) for s in range(seeds) for c in conds] + [replace(c, seed=s) for s in range(seeds)
-                                                                            for c in long]
-    elif name == "all":
-        return grid("main", seeds) + grid("fit", seeds)
-    else:
+        return seeded([replace(base, norm=n) for n in ("global", "per_timestep", "reweight")], seeds)
+    core = [Condition(action=a, horizon=h, norm=n) for a in ("delta", "absolute") for h in (16, 50)
+            for n in ("global", "per_timestep", "reweight")]
+    quantile = [c for h in (16, 50) for c in pair(Condition(action="delta", horizon=h, mode="q01_q99"))]
+    delta50 = Condition(action="delta", horizon=50)
+    fit_short = pair(delta50, steps=1000) + pair(delta50, width=64) + pair(delta50, horizon=16, steps=1000)
+    fit_long = pair(delta50, demos=100) + pair(delta50, steps=12000)
+    parts = {
+        "main": [(core, seeds), (quantile, seeds)],
+        "fit": [(fit_short, FIT_SEEDS), (fit_long, FIT_SEEDS)],
+        "all": [(core, seeds), (fit_short, FIT_SEEDS), (quantile, seeds), (fit_long, FIT_SEEDS)],
+    }
+    if name not in parts:
         raise ValueError(f"unknown grid {name!r}")
-    return [replace(c, seed=s) for s in range(seeds) for c in conds]
+    return [c for conds, n in parts[name] for c in seeded(conds, n)]
 
 
 def _run_file(out: Path, cond) -> Path:
