@@ -11,11 +11,12 @@
   ``max over k, d of max(|std_k / std - 1|, |mean_k - mean| / std)``; large gaps mean global
   statistics mis-scale late chunk positions, so per-timestep normalization should be on.
 - What global normalization does to the loss over chunk positions (``positions`` table, per
-  action dim): the ratio of the pooled spread (every valid chunk entry, what openpi and LeRobot
-  normalize chunks with) to the spread at each position k, and the implied loss-weight ratio
-  ``(spread_{H-1} / spread_0)^2`` between the last and the first position: with one global scale,
-  an error at position k costs ``(spread_k / spread_global)^2`` times what it costs under
-  per-timestep normalization. docs/evidence.md measures when that changes closed-loop success
+  action dim): the ratio of the pooled spread (every valid chunk entry, openpi's statistics) to
+  the spread at each position k, and the implied loss-weight ratio ``(spread_{H-1} / spread_0)^2``
+  between the last and the first position: with one global scale, an error at position k costs
+  ``(spread_k / spread_global)^2`` times what it costs under per-timestep normalization. The
+  loss-weight ratio is the same whichever global scale is used (pooled, or per-frame statistics
+  as LeRobot computes them). docs/evidence.md measures when that changes closed-loop success
   (delta actions, long chunks, limited fit); the thresholds come from there.
 - Whether every dataset has its validators' sample.
 """
