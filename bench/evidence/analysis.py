@@ -142,7 +142,8 @@ def plot_success(rows: list[dict], path) -> None:
     for r in rows:
         families[family(r["condition"])].append(r)
     n = len(families)
-    fig = Figure(figsize=(max(6.0, 1.3 * sum(len(v) for v in families.values()) + 1), 3.6), layout="constrained")
+    bars = sum(len(v) for v in families.values())
+    fig = Figure(figsize=(min(18.0, max(6.0, 0.6 * bars + 2)), 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     colors = {"global": "#777777", "per_timestep": "#1b9e77", "reweight": "#7570b3"}
@@ -158,11 +159,11 @@ def plot_success(rows: list[dict], path) -> None:
             names.append(c["norm"].replace("per_timestep", "per-t").replace("reweight", "rewt")
                          + ("" if c["mode"] == "mean_std" else "\nq01/99"))
             x += 1
-        ax.text(x - len(fam_rows) / 2 - 0.5, 103, label(fam_rows[0]["condition"], with_norm=False), ha="center",
-                fontsize=8)
+        ax.text(x - len(fam_rows) / 2 - 0.5, 103, label(fam_rows[0]["condition"], with_norm=False).replace(" ", "\n", 2),
+                ha="center", va="bottom", fontsize=7)
         x += 0.8
     ax.set_xticks(ticks, names, fontsize=7)
-    ax.set_ylim(0, 110)
+    ax.set_ylim(0, 118)
     ax.set_ylabel(f"success @ {tol} (%), 95% CI")
     ax.set_title(f"Closed-loop success per normalization ({n} task/horizon settings)", fontsize=10)
     fig.savefig(path, dpi=110)
