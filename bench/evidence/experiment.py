@@ -103,7 +103,8 @@ def statistics(episodes: list[Episode], horizon: int, delta: bool) -> dict:
     acc = ChunkStatsAccumulator(spec, name="pointmass")
     for ep in episodes:
         acc.add_episode(ep.action, ep.state, ep.source)
-    final = acc.finalize().to_dict(QUANTILES)
+    # The episodes again: exact quantiles take a second pass over cells with many distinct values.
+    final = acc.finalize(episodes).to_dict(QUANTILES)
     return {"pooled": final["action"]["pooled"], "per_timestep": final["action"]["per_timestep"],
             "state": final["state"]["global"]}
 
