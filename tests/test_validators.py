@@ -23,6 +23,7 @@ from stepnorm.sources import dataset_fingerprint
 from stepnorm.sources.base import Episode
 from stepnorm.validators import check_image_batch, classify_ranges, run_gate
 from stepnorm.validators.drift import js_distance
+from stepnorm.validators.expectations import load_suite
 
 IMAGE_KEY = "observation/image"
 
@@ -366,6 +367,98 @@ def test_per_timestep_gap(tmp_path, sample_dir, step, noise, severity):
     assert [f.severity for f in got] == ([severity] if severity else []), [f.message for f in result.findings]
     if severity:
         assert "dim 0" in got[0].message
+
+
+def _drift_episodes(seed, velocity, n=120):
+    """Action dim 0 commands the next position of a point moving at a per-episode velocity
+    ``v ~ N(0, velocity)`` (plus noise 0.001); state dim 0 is the position. As delta actions,
+    ``a_{t+k} - s_t = (k + 1) v + noise``: the spread grows ~linearly with k, as in the point-mass
+    task of docs/evidence.md."""
+    out = []
+    for i, (action, state) in enumerate(make_episodes(seed, n=n)):
+        rng = np.random.default_rng([seed, i])
+        v = rng.normal(0, velocity) if velocity else 0.0
+        pos = rng.uniform(-0.3, 0.3) + v * np.arange(len(action) + 1)
+        action[:, 0] = pos[1:] + rng.normal(0, 0.001, len(action))
+        state[:, 0] = pos[:-1]
+        out.append((action, state))
+    return out
+
+
+def _reference_spreads(episode_sets, horizon, dim):
+    """Two-pass float64 std of ``a_{t+k} - s_t`` (valid entries only) per k, and pooled over all k."""
+    per_k = [[] for _ in range(horizon)]
+    for eps in episode_sets:
+        for action, state in eps:
+            for k in range(horizon):
+                per_k[k].append(action[k:, dim] - state[: len(action) - k, dim])
+    per_k = [np.concatenate(v) for v in per_k]
+    pooled = np.concatenate(per_k)
+    return np.array([np.sqrt(np.mean((v - v.mean()) ** 2)) for v in per_k]), np.sqrt(np.mean((pooled - pooled.mean()) ** 2))
+
+
+@pytest.mark.parametrize("velocity, horizon", [(0.0, 16), (0.01, 6), (0.01, 14), (0.01, 24)])
+def test_global_norm_loss_weights(tmp_path, sample_dir, velocity, horizon):
+    """Planted delta actions whose spread grows with k (or not): the positions table holds the
+    pooled / per-position spread ratios and (spread_{H-1} / spread_0)^2 against an independent
+    two-pass reference, and the finding's severity follows the suite's thresholds."""
+    sim, real = _drift_episodes(1, velocity), _drift_episodes(2, velocity)
+    norm = {"action": {"mode": "mean_std", "mask": [True] * 6 + [False]}, "state": {"mode": "mean_std"}}
+    cfg, art = build(tmp_path, sample_dir, sim, real, horizon=horizon, delta_mask=[True] + [False] * 6,
+                     normalization=norm)
+    result = gate(tmp_path, cfg, art, only=["stats_health"])
+    table = json.loads((tmp_path / "report" / "report.json").read_text())["tables"]["stats_health"]["positions"]
+    row = next(r for r in table if r["block"] == "combined" and r["dim"] == 0)
+    spread_k, pooled = _reference_spreads([sim, real], horizon, 0)
+    assert row["spread_pooled"] == pytest.approx(pooled, rel=1e-9)
+    assert np.allclose(row["ratio_by_k"], pooled / spread_k, rtol=5e-3, atol=0)  # rounded to 3 digits
+    ratio = (spread_k[-1] / spread_k[0]) ** 2
+    assert row["loss_weight_ratio"] == pytest.approx(ratio, rel=1e-9) and row["last_k"] == horizon - 1
+    params = load_suite(None).params["stats_health"]
+    expected = ("warning" if ratio > params["loss_weight_ratio_warning"]
+                else "info" if ratio > params["loss_weight_ratio_info"] else None)
+    got = [f for f in findings(result, "stats_health.global_norm_weights") if f.dims == [0] and len(f.datasets) == 2]
+    assert [f.severity for f in got] == ([expected] if expected else []), [f.message for f in result.findings]
+    if expected:
+        assert "docs/evidence.md" in got[0].message and "(spread_global / spread_k)^2" in got[0].hint
+        assert got[0].value == pytest.approx(ratio)
+
+
+def test_global_norm_loss_weight_cases_cover_every_tier():
+    """The planted cases above stay meaningful when the thresholds move: about 1, H^2 = 36, 196, 576."""
+    params = load_suite(None).params["stats_health"]
+    assert 36 < params["loss_weight_ratio_info"] < 196 < params["loss_weight_ratio_warning"] < 576
+
+
+def test_absolute_actions_give_no_loss_weight_advice(tmp_path, sample_dir):
+    """Absolute actions of the same motion: every chunk position has about the pooled spread."""
+    norm = {"action": {"mode": "q01_q99", "mask": [True] * 6 + [False]}, "state": {"mode": "mean_std"}}
+    cfg, art = build(tmp_path, sample_dir, _drift_episodes(1, 0.01), _drift_episodes(2, 0.01), horizon=24,
+                     normalization=norm)
+    result = gate(tmp_path, cfg, art, only=["stats_health"])
+    assert not findings(result, "stats_health.global_norm_weights"), [f.message for f in result.findings]
+    table = json.loads((tmp_path / "report" / "report.json").read_text())["tables"]["stats_health"]["positions"]
+    # one row per masked-on dim of the block the normalizer uses (combined), none for the masked gripper
+    assert sorted((r["block"], r["dim"]) for r in table) == [("combined", d) for d in range(6)]
+    assert all(0.5 < r["loss_weight_ratio"] < 2 for r in table if r["dim"] == 0)
+
+
+def test_report_plot_shows_the_spread_ratio(tmp_path, sample_dir):
+    """The per-timestep plot carries pooled / spread_k per dim on a second axis (the advice's ratio)."""
+    from stepnorm.validators.base import ValidationContext
+    from stepnorm.validators.report import per_timestep_figure
+    from stepnorm.validators.stats_health import spread_by_position
+
+    norm = {"action": {"mode": "mean_std", "mask": [True] * 6 + [False]}, "state": {"mode": "mean_std"}}
+    cfg, art = build(tmp_path, sample_dir, _drift_episodes(1, 0.01), _drift_episodes(2, 0.01), horizon=12,
+                     delta_mask=[True] + [False] * 6, normalization=norm)
+    ctx = ValidationContext(cfg, art)
+    fig = per_timestep_figure(ctx)
+    pooled, spread = spread_by_position(ctx, None, "mean_std")
+    twins = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+    assert len(twins) == 7  # one per action dim
+    line = twins[0].get_lines()[0]
+    assert np.allclose(line.get_ydata(), pooled[0] / spread[:, 0]) and line.get_ydata()[0] > 5
 
 
 # -- stale_stats ------------------------------------------------------------------------------------------

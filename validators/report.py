@@ -1,7 +1,7 @@
 """The gate's human report: ``report.html`` from a jinja2 template, with matplotlib plots inlined.
 
 Plots (PNG, base64 ``data:`` URIs, so the report is one self-contained file): per-timestep action
-mean +- std bands per dim, gripper histograms sim vs real, workspace boxes per axis (whiskers at
+mean +- std bands per dim with the pooled-to-per-position spread ratio, gripper histograms sim vs real, workspace boxes per axis (whiskers at
 min/max, box at q01..q99, line at the mean). Figures are built with ``matplotlib.figure.Figure``
 and the Agg canvas directly: no pyplot global state, no display needed.
 """
@@ -47,13 +47,23 @@ def _color(ctx, name: str | None, i: int) -> str:
     return domain_colors(0.55 + 0.35 * ((i * 0.37) % 1.0))
 
 
-def per_timestep_plot(ctx) -> str | None:
-    """Per action dim: mean +- std over chunk positions k, per dataset and combined."""
+def per_timestep_figure(ctx):
+    """Per action dim: mean +- std over chunk positions k, per dataset and combined; on a second
+    (log) axis, the combined pooled spread over the spread at k in the configured mode, the ratio
+    ``stats_health.global_norm_weights`` reads (global normalization weighs the loss at k by its
+    inverse squared)."""
+    from stepnorm.validators.stats_health import spread_by_position
+
     art = ctx.artifact
     blocks = [(n, art.stats("action", "per_timestep", n)) for n in art.dataset_names]
     blocks.append((None, art.stats("action", "per_timestep")))
     dim = blocks[0][1]["mean"].shape[-1]
-    fig, axes = _grid(dim, "Per-timestep action statistics: mean ± std over chunk position k")
+    fig, axes = _grid(dim, "Per-timestep action statistics: mean ± std over chunk position k;"
+                           " dotted: pooled spread / spread at k (right axis)")
+    spec = ctx.cfg.normalization.get("action")
+    pooled, spread = spread_by_position(ctx, None, spec.mode if spec else "mean_std")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = pooled[None, :] / spread
     k = np.arange(art.horizon)
     for d, ax in enumerate(axes):
         for i, (name, st) in enumerate(blocks):
@@ -64,8 +74,19 @@ def per_timestep_plot(ctx) -> str | None:
         ax.set_title(f"action dim {d}", fontsize=9)
         ax.set_xlabel("k", fontsize=8)
         ax.tick_params(labelsize=7)
+        shown = np.isfinite(ratio[:, d]) & (ratio[:, d] > 0)
+        if shown.any():
+            twin = ax.twinx()
+            twin.plot(k[shown], ratio[shown, d], color="#7570b3", ls=":", lw=1.5, label="pooled / spread_k")
+            twin.set_yscale("log")
+            twin.tick_params(labelsize=7, colors="#7570b3")
     axes[0].legend(fontsize=7)
-    return _png(fig)
+    return fig
+
+
+def per_timestep_plot(ctx) -> str | None:
+    """``per_timestep_figure`` as a PNG data URI."""
+    return _png(per_timestep_figure(ctx))
 
 
 def gripper_plot(ctx) -> str | None:
@@ -141,6 +162,14 @@ def _table(rows: list[dict]) -> dict:
             "truncated": max(0, len(rows) - 500)}
 
 
+_CAPTIONS = {
+    "Per-timestep action statistics": (
+        "Dotted (right axis, log): the pooled spread over the spread at chunk position k. Global normalization "
+        "weighs the loss at k by the inverse of its square, so a ratio far above 1 at k=0 means the first actions, "
+        "the ones executed, get little of the gradient (stats_health / positions; docs/evidence.md)."),
+}
+
+
 def render_html(ctx, result, doc: dict) -> str:
     """The report page for a finished gate run."""
     import jinja2
@@ -156,5 +185,5 @@ def render_html(ctx, result, doc: dict) -> str:
     tables = [(f"{validator} / {name}", _table(rows)) for validator, named in ctx.tables.items()
               for name, rows in named.items() if rows]
     return env.get_template("report.html.j2").render(
-        doc=doc, passed=result.passed, findings=result.findings, plots=plots, tables=tables,
+        doc=doc, passed=result.passed, findings=result.findings, plots=plots, tables=tables, captions=_CAPTIONS,
         datasets=[(ds.name, ds.domain, ds.format) for ds in ctx.cfg.datasets], config=ctx.cfg.path)

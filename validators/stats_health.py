@@ -10,6 +10,14 @@
 - How far per-timestep statistics are from global ones:
   ``max over k, d of max(|std_k / std - 1|, |mean_k - mean| / std)``; large gaps mean global
   statistics mis-scale late chunk positions, so per-timestep normalization should be on.
+- What global normalization does to the loss over chunk positions (``positions`` table, per
+  action dim): the ratio of the pooled spread (every valid chunk entry, openpi's statistics) to
+  the spread at each position k, and the implied loss-weight ratio ``(spread_{H-1} / spread_0)^2``
+  between the last and the first position: with one global scale, an error at position k costs
+  ``(spread_k / spread_global)^2`` times what it costs under per-timestep normalization. The
+  loss-weight ratio is the same whichever global scale is used (pooled, or per-frame statistics
+  as LeRobot computes them). docs/evidence.md measures when that changes closed-loop success
+  (delta actions, long chunks, limited fit); the thresholds come from there.
 - Whether every dataset has its validators' sample.
 """
 
@@ -112,17 +120,56 @@ def _chunk_row(ctx: ValidationContext, label: str, dataset: str | None, used: bo
             "label": label}
 
 
+def spread_by_position(ctx: ValidationContext, dataset: str | None, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(pooled spread [D], per-position spread [H, D])`` of the action in ``mode`` (NaN where a position is empty)."""
+    _, pooled = center_and_spread(ctx.artifact.stats("action", "pooled", dataset), mode)
+    pt = ctx.artifact.stats("action", "per_timestep", dataset)
+    _, spread = center_and_spread(pt, mode)
+    return pooled, np.where((pt["count"] > 0)[:, None], spread, np.nan)
+
+
+def _position_rows(ctx: ValidationContext, label: str, dataset: str | None, used: bool) -> list[dict]:
+    """Per masked-on action dim: pooled / per-position spread and the implied loss-weight ratio."""
+    spec = ctx.cfg.normalization.get("action")
+    if spec is None or not used:
+        return []
+    pooled, spread = spread_by_position(ctx, dataset, spec.mode)
+    mask = np.ones(pooled.shape[-1], bool) if spec.mask is None else np.asarray(spec.mask, bool)
+    with_data = np.flatnonzero(np.isfinite(spread).all(axis=1))
+    rows = []
+    if not len(with_data):
+        return rows
+    last = int(with_data.max())
+    for d in np.flatnonzero(mask):
+        s0, s_last, g = float(spread[0, d]), float(spread[last, d]), float(pooled[d])
+        # A spread at the floor is a degenerate dim (tiny_spread's business): no ratio to speak of.
+        floor = DEFAULT_FLOOR * max(1.0, abs(g))
+        ok = min(s0, s_last, g) > floor and np.all(spread[with_data, d] > floor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = g / spread[:, d]
+        rows.append({"datasets": [dataset] if dataset else list(ctx.artifact.dataset_names), "block": label,
+                     "key": "action", "dims": [int(d)], "dim": int(d), "mode": spec.mode, "horizon": ctx.artifact.horizon,
+                     "last_k": last, "spread_pooled": g, "spread_first": s0, "spread_last": s_last,
+                     "pooled_to_first": float(ratio[0]) if ok else np.nan,
+                     "pooled_to_last": float(ratio[last]) if ok else np.nan,
+                     "ratio_by_k": [float(f"{r:.3g}") for r in ratio[: last + 1]] if ok else [],
+                     "loss_weight_ratio": (s_last / s0) ** 2 if ok else np.nan,
+                     "label": f"{label} action dim {d}"})
+    return rows
+
+
 @validator("stats_health")
 def stats_health(ctx: ValidationContext) -> list[Finding]:
-    """NaN/Inf, exploding or collapsing spreads, constant dims, chunk coverage, per-timestep gap."""
-    dims, chunks = [], []
+    """NaN/Inf, exploding or collapsing spreads, constant dims, chunk coverage, per-timestep gap and loss weights."""
+    dims, chunks, positions = [], [], []
     for label, dataset, used in _blocks(ctx):
         block = ctx.artifact.block(dataset)
         for key in ("action", "state"):
             if key in block:
                 dims.extend(_dim_rows(ctx, label, dataset, used, key))
         chunks.append(_chunk_row(ctx, label, dataset, used))
+        positions.extend(_position_rows(ctx, label, dataset, used))
     samples = [{"datasets": [n], "dataset": n, "key": "", "dims": [], "missing_sample": int(ctx.sample(n) is None),
                 "label": n} for n in ctx.artifact.dataset_names]
     return (ctx.expect("stats_health", "dims", dims) + ctx.expect("stats_health", "chunks", chunks)
-            + ctx.expect("stats_health", "samples", samples))
+            + ctx.expect("stats_health", "positions", positions) + ctx.expect("stats_health", "samples", samples))
