@@ -556,3 +556,38 @@ def test_masks_and_dims_are_checked_against_declared_widths_before_reading(trust
     code = main(["stats", str(path), "--out", str(tmp_path / "o")])
     _one_error_line(capsys, r"config.yaml: " + pattern, code=code)
     assert not (tmp_path / "o").exists()
+
+
+# -- 8. Python API ----------------------------------------------------------------------------------
+def _stats_block(dim=3):
+    return {"count": 10, "mean": np.zeros(dim), "std": np.ones(dim), "min": -np.ones(dim), "max": np.ones(dim),
+            "q01": -np.ones(dim), "q99": np.ones(dim)}
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"mode": "mean_std", "clip_value": -1.0}, r"clip_value must be a finite number > 0, got -1.0"),
+    ({"mode": "mean_std", "clip_value": float("inf")}, r"clip_value must be a finite number > 0"),
+    ({"mode": "zscore"}, r"mode must be one of mean_std, min_max, q01_q99"),
+    ({"mode": "min_max", "floor": -1e-3}, r"floor must be a finite number >= 0"),
+])
+def test_normalizer_refuses_invalid_parameters_at_construction(kwargs, pattern):
+    from stepnorm.normalize import Normalizer
+
+    with pytest.raises(ValueError, match=pattern):
+        Normalizer(_stats_block(), **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["q01_q99", "mean_std"])
+def test_non_finite_input_raises_unless_allowed(mode):
+    from stepnorm.normalize import Normalizer
+
+    norm = Normalizer(_stats_block(), mode=mode, clip=True)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = np.array([0.5, bad, 0.0])
+        with pytest.raises(ValueError, match=r"input holds 1 non-finite value\(s\)"):
+            norm.normalize(x)
+        with pytest.raises(ValueError, match=r"non-finite"):
+            norm.unnormalize(x)
+    lenient = Normalizer(_stats_block(), mode=mode, clip=True, allow_nonfinite=True)
+    out = lenient.normalize(np.array([0.5, np.nan, np.inf]))
+    assert np.isnan(out[1]) and out[2] == lenient.clip_bound

@@ -254,11 +254,26 @@ class Normalizer:
         allow_empty_positions: chunk positions no episode reaches (count 0) have no statistics;
             by default that is an error. When allowed, they normalize to 0 and unnormalize to NaN
             (such entries are always padding in the data the statistics came from).
+        allow_nonfinite: by default an input holding NaN or Inf raises ValueError (clipping would
+            silently turn Inf into the bound). When True, such values go through the formula as
+            they are (NaN stays NaN, Inf is clipped like any value when clipping is on).
+
+    Raises ValueError at construction for an unknown mode, a ``clip_value`` that is not a finite
+    number > 0, or a negative ``floor``.
     """
 
     def __init__(self, global_stats: Mapping[str, np.ndarray], per_timestep: Mapping[str, np.ndarray] | None = None,
                  mode: str = "mean_std", mask: Sequence[bool] | None = None, clip: bool | None = None,
-                 clip_value: float = 5.0, floor: float = DEFAULT_FLOOR, allow_empty_positions: bool = False):
+                 clip_value: float = 5.0, floor: float = DEFAULT_FLOOR, allow_empty_positions: bool = False,
+                 allow_nonfinite: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if isinstance(clip_value, bool) or not isinstance(clip_value, (int, float)) or not (
+                np.isfinite(clip_value) and clip_value > 0):
+            raise ValueError(f"clip_value must be a finite number > 0, got {clip_value!r}")
+        if not (isinstance(floor, (int, float)) and np.isfinite(floor) and floor >= 0):
+            raise ValueError(f"floor must be a finite number >= 0, got {floor!r}")
+        self.allow_nonfinite = bool(allow_nonfinite)
         self.mode = mode
         self.clip = default_clip(mode, clip) if mode in DEFAULT_CLIP else bool(clip)
         self.clip_bound = 1.0 if mode != "mean_std" else float(clip_value)
@@ -316,6 +331,11 @@ class Normalizer:
     def _apply(self, x, chunked: bool | None, inverse: bool) -> np.ndarray:
         x = np.asarray(x)
         out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+        if not self.allow_nonfinite and np.issubdtype(x.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            if bad:
+                raise ValueError(f"input holds {bad} non-finite value(s) (NaN/Inf); pass finite values or build the "
+                                 f"Normalizer with allow_nonfinite=True")
         p = self.params_for(x, chunked)
         bound = self.clip_bound if self.clip else np.inf
         return affine(x.astype(np.float64), p, bound, inverse, NUMPY_OPS).astype(out_dtype)
