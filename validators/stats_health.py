@@ -140,11 +140,12 @@ def _position_rows(ctx: ValidationContext, label: str, dataset: str | None, used
     if not len(with_data):
         return rows
     last = int(with_data.max())
+    # A dim the normalizer treats as degenerate (tiny_spread's business) has no ratio to speak of.
+    flat = degenerate_dims(ctx.artifact.stats("action", "pooled", dataset), spec.mode)
+    per_position = degenerate_dims(ctx.artifact.stats("action", "per_timestep", dataset), spec.mode)[with_data]
     for d in np.flatnonzero(mask):
         s0, s_last, g = float(spread[0, d]), float(spread[last, d]), float(pooled[d])
-        # A spread at the floor is a degenerate dim (tiny_spread's business): no ratio to speak of.
-        floor = DEFAULT_FLOOR * max(1.0, abs(g))
-        ok = min(s0, s_last, g) > floor and np.all(spread[with_data, d] > floor)
+        ok = not flat[d] and not per_position[:, d].any()
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = g / spread[:, d]
         rows.append({"datasets": [dataset] if dataset else list(ctx.artifact.dataset_names), "block": label,
