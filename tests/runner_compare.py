@@ -51,6 +51,7 @@ def config_data(config_path: Path) -> dict:
     def blocks(eps):
         per_k = chunk_entries(eps, horizon, delta)
         return {"per_timestep": per_k, "global": per_k[0], "pooled": np.concatenate(per_k),
+                "raw": np.concatenate([a for a, _ in eps]),  # the stored actions (delta_mask configs)
                 "state": np.concatenate([s for _, s in eps])}
 
     data = {name: blocks(eps) for name, eps in episodes_by_name.items()}
