@@ -489,7 +489,7 @@ def test_writes_are_atomic_and_leave_no_temporaries(tmp_path, monkeypatch):
     out = tmp_path / "out"
     run_export(art_dir, "lerobot", out)
     before = (out / "stats.json").read_text()
-    import stepnorm.exporters._common as common
+    import stepnorm.outputs as common  # the one atomic-write helper exporters use
 
     def boom(*args, **kwargs):
         raise OSError("disk full")

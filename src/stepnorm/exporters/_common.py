@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 from stepnorm.artifact import Artifact
 from stepnorm.errors import StepnormError
 from stepnorm.normalize import DecisionWarning
+from stepnorm.outputs import write_atomic
 
 
 class ExportError(StepnormError):
@@ -106,21 +105,11 @@ def as_list(values: np.ndarray) -> list:
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``.
+    """Write ``obj`` as JSON to ``path`` atomically (``stepnorm.outputs.write_atomic``).
 
     A reader (or a training job started meanwhile) sees the old file or the new one, never half.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def write_all(out: Path, files: Mapping[str, Any], stale: tuple[str, ...] = ()) -> list[Path]:
