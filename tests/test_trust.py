@@ -591,3 +591,15 @@ def test_non_finite_input_raises_unless_allowed(mode):
     lenient = Normalizer(_stats_block(), mode=mode, clip=True, allow_nonfinite=True)
     out = lenient.normalize(np.array([0.5, np.nan, np.inf]))
     assert np.isnan(out[1]) and out[2] == lenient.clip_bound
+
+
+def test_torch_modules_refuse_non_finite_input_unless_allowed():
+    torch = pytest.importorskip("torch")
+    from stepnorm.torch_norm import Normalize, Unnormalize
+
+    for cls in (Normalize, Unnormalize):
+        module = cls.from_stats(_stats_block(), mode="q01_q99", clip=True)
+        with pytest.raises(ValueError, match=r"input holds 1 non-finite value\(s\)"):
+            module(torch.tensor([0.1, float("inf"), 0.0]))
+        lenient = cls.from_stats(_stats_block(), mode="q01_q99", clip=True, allow_nonfinite=True)
+        assert torch.isnan(lenient(torch.tensor([0.1, float("nan"), 0.0])))[1]

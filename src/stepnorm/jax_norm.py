@@ -13,6 +13,11 @@ setting lives in the tree (``inf`` when off), so the functions jit without stati
 under jit (the rules are the numpy module's ``select_rows``; the formula is its ``affine``, with
 jax's array operations); pass it as a static argument if you set it. ``params_from_artifact``
 follows the artifact's per-timestep decision.
+
+Non-finite input: a jitted function cannot raise on values, so here NaN/Inf go through the formula
+(NaN stays NaN; Inf is clipped to the bound when clipping is on), as the numpy ``Normalizer`` does
+with ``allow_nonfinite=True``. Check inputs with ``jnp.isfinite`` (or ``jax.experimental.checkify``)
+where that matters.
 """
 
 from __future__ import annotations

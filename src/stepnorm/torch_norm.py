@@ -44,8 +44,12 @@ class _AffineNorm(nn.Module):
     """Shared buffers and parameter selection; subclasses implement ``forward``."""
 
     def __init__(self, global_params: NormParams, per_timestep_params: NormParams | None = None, *,
-                 clip: bool = False, clip_bound: float = 1.0, dtype: torch.dtype | None = None):
+                 clip: bool = False, clip_bound: float = 1.0, dtype: torch.dtype | None = None,
+                 allow_nonfinite: bool = False):
         super().__init__()
+        # As the numpy Normalizer: NaN/Inf input raises (a check that synchronizes with the device
+        # once per call) unless allowed, so an Inf never passes as the clip bound.
+        self.allow_nonfinite = bool(allow_nonfinite)
         dtype = dtype or torch.get_default_dtype()
         self._register("global", global_params, dtype)
         self.has_per_timestep = per_timestep_params is not None
@@ -64,7 +68,7 @@ class _AffineNorm(nn.Module):
     def from_normalizer(cls, normalizer: Normalizer, dtype: torch.dtype | None = None):
         """The module equivalent of a numpy ``Normalizer`` (same parameters, clip and horizon)."""
         return cls(normalizer.global_params, normalizer.per_timestep_params, clip=normalizer.clip,
-                   clip_bound=normalizer.clip_bound, dtype=dtype)
+                   clip_bound=normalizer.clip_bound, dtype=dtype, allow_nonfinite=normalizer.allow_nonfinite)
 
     @classmethod
     def from_stats(cls, global_stats: Mapping[str, np.ndarray], per_timestep: Mapping[str, np.ndarray] | None = None,
@@ -109,6 +113,10 @@ class _AffineNorm(nn.Module):
         return pick(params("global"), params("per_timestep") if self.has_per_timestep else None, x.shape, chunked)
 
     def _affine(self, x: torch.Tensor, chunked: bool | None, inverse: bool) -> torch.Tensor:
+        if not self.allow_nonfinite and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"input holds {bad} non-finite value(s) (NaN/Inf); pass finite values or build the "
+                             f"module with allow_nonfinite=True")
         p = self._params(x, chunked)
         dtype, out_dtype = self._compute_dtype(x)
         p = NormParams(p.center.to(dtype), p.scale.to(dtype), p.active, p.degenerate, p.empty)
