@@ -613,3 +613,32 @@ def test_validate_cli_on_the_sample_mixture(tmp_path, sample_dir):
     run = subprocess.run(cli + ["validate", str(sample_dir / "config.yaml"), "--stats", str(tmp_path / "none"),
                                 "--report", str(tmp_path / "r3")], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "no stats artifact" in run.stderr
+
+
+def test_validator_registry_refuses_a_duplicate_name(monkeypatch):
+    """A second function under a taken name is refused (it would silently replace a gate check)."""
+    import stepnorm.validators.base as base
+    from stepnorm.validators import validator
+
+    monkeypatch.setattr(base, "REGISTRY", dict(base.REGISTRY))
+    original = base.REGISTRY["gripper"]
+
+    def clash(ctx):
+        return []
+
+    with pytest.raises(ValueError, match=r"validator name 'gripper' is already registered by "
+                                         r"stepnorm\.validators\.gripper\.\w+; .*clash needs another name"):
+        validator("gripper")(clash)
+    assert base.REGISTRY["gripper"] is original  # not overwritten
+
+    def fresh(ctx):
+        return []
+
+    assert validator("test_fresh")(fresh) is fresh and base.REGISTRY["test_fresh"] is fresh
+    # the same definition again (a reloaded module) replaces itself
+    def fresh(ctx):  # noqa: F811 -- same module and qualname, as after a reload
+        return ["reloaded"]
+
+    assert validator("test_fresh")(fresh) is fresh and base.REGISTRY["test_fresh"] is fresh
+    with pytest.raises(TypeError, match="non-empty name"):
+        validator("")

@@ -101,9 +101,21 @@ REGISTRY: dict[str, ValidatorFn] = {}
 
 
 def validator(name: str) -> Callable[[ValidatorFn], ValidatorFn]:
-    """Register a validator under ``name`` (the gate runs every registered one)."""
+    """Register a validator under ``name`` (the gate runs every registered one).
+
+    A name already taken by another function is refused: overwriting it would silently drop a
+    check from every gate (and its thresholds in validators.yaml would apply to the newcomer).
+    Registering the same definition again (same module and function name, e.g. a reloaded
+    module) replaces it.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a validator needs a non-empty name, got {name!r}")
 
     def register(fn: ValidatorFn) -> ValidatorFn:
+        taken = REGISTRY.get(name)
+        if taken is not None and (taken.__module__, taken.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"validator name {name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
+                             f"{fn.__module__}.{fn.__qualname__} needs another name")
         REGISTRY[name] = fn
         return fn
 
