@@ -18,6 +18,19 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The built-in sample mixture (two small TFDS datasets + config), written once per session.
+
+    Read-only for tests: copy it (or write another) before changing anything in it.
+    """
+    from stepnorm.demo_data import write_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(out)
+    return out
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _values_cache(tmp_path_factory):
     """Tests never write to the user's cache: the values cache lives in the session's tmp dir."""

@@ -20,5 +20,6 @@ def test_wheel_holds_only_the_stepnorm_namespace(tmp_path):
     for module in ("stepnorm/pipelines/stats.py", "stepnorm/pipelines/stats_beam.py", "stepnorm/validators/base.py", "stepnorm/stats/accumulator.py",
                    "stepnorm/sources/rlds.py", "stepnorm/exporters/openpi.py", "stepnorm/demo_data.py",
                    "stepnorm/validators/validators.yaml", "stepnorm/validators/templates/report.html.j2",
-                   "stepnorm/integrations/lerobot.py"):
+                   "stepnorm/integrations/lerobot.py", "stepnorm/schemas/config.schema.json",
+                   "stepnorm/schemas/stats.schema.json"):
         assert module in names

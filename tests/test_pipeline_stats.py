@@ -15,13 +15,6 @@ from stepnorm.cli import main
 Q = [0.01, 0.5, 0.99]
 
 
-@pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample")
-    assert main(["sample", str(out)]) == 0
-    return out
-
-
 def _copy_sample(sample_dir, tmp_path):
     dst = tmp_path / "sample"
     shutil.copytree(sample_dir, dst)

@@ -6,7 +6,7 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
-from test_validators import build, gate, make_episodes, sample_dir  # noqa: F401  (fixture)
+from test_validators import build, gate, make_episodes
 
 from stepnorm.validators import run_gate
 
@@ -55,7 +55,7 @@ class _Page(HTMLParser):
             self._cell += data
 
 
-def test_report_in_headless_chromium(tmp_path, sample_dir):  # noqa: F811
+def test_report_in_headless_chromium(tmp_path, sample_dir):
     cfg, art = build(tmp_path, sample_dir, make_episodes(1, gripper="continuous", half_width=0.25), make_episodes(2))
     result = run_gate(cfg, art, tmp_path / "report")
     assert not result.passed

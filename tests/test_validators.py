@@ -28,16 +28,6 @@ from stepnorm.validators.expectations import load_suite
 IMAGE_KEY = "observation/image"
 
 
-@pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory):
-    """The built-in sample mixture (two small TFDS datasets + config), written once."""
-    from stepnorm.demo_data import write_sample
-
-    out = tmp_path_factory.mktemp("sample")
-    write_sample(out)
-    return out
-
-
 def _frame(rng, blank=False, bits=8):
     import tensorflow as tf
 
