@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from stepnorm import outputs
+from stepnorm import outputs, registry
 from stepnorm.artifact import Artifact, jsonable
 from stepnorm.config import Config
 
@@ -112,12 +112,7 @@ def validator(name: str) -> Callable[[ValidatorFn], ValidatorFn]:
         raise TypeError(f"a validator needs a non-empty name, got {name!r}")
 
     def register(fn: ValidatorFn) -> ValidatorFn:
-        taken = REGISTRY.get(name)
-        if taken is not None and (taken.__module__, taken.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"validator name {name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
-                             f"{fn.__module__}.{fn.__qualname__} needs another name")
-        REGISTRY[name] = fn
-        return fn
+        return registry.add(REGISTRY, name, fn, "validator")
 
     return register
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stepnorm import registry
 from stepnorm.errors import ConfigError
 from stepnorm.sources.base import Episode
 
@@ -42,12 +43,7 @@ def register(cls: type[Transform]) -> type[Transform]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"transform {cls.__module__}.{cls.__qualname__} has no name (set the class attribute `name`)")
-    taken = TRANSFORMS.get(name)
-    if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"transform name {name!r} is already registered by {taken.__module__}.{taken.__qualname__}; "
-                         f"{cls.__module__}.{cls.__qualname__} needs another name")
-    TRANSFORMS[name] = cls
-    return cls
+    return registry.add(TRANSFORMS, name, cls, "transform")
 
 
 class Transform:
