@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,torch,jax,dask]" "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test,torch,jax,dask,gcs]" "torch==2.13.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

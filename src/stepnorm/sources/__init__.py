@@ -148,9 +148,12 @@ def _file_identity(path: str) -> dict:
     """What identifies a file's content without reading it (the one identity the cache keys use).
 
     Local: name, size, mtime, ctime and inode (a rewrite in place changes ctime, which a user
-    cannot set back; a copy has another inode). Remote: name, size and mtime (gs:// generation and
-    CRC32C are not used yet).
+    cannot set back; a copy has another inode). gs://: the object's generation (a new one at every
+    write, set by the server) and CRC32C (``_gcs_identity``). Other remote filesystems: name, size
+    and mtime, which is all ``tf.io.gfile`` reports.
     """
+    if path.startswith("gs://"):
+        return _gcs_identity(path)
     if is_remote(path):
         import tensorflow as tf
 
@@ -162,6 +165,43 @@ def _file_identity(path: str) -> dict:
         raise InputDataError(path, f"cannot stat ({exc.strerror})") from None
     return {"file": os.path.basename(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+
+
+_GCS_CLIENT = None
+
+
+def _gcs_client():
+    """One Cloud Storage client per process: the default credentials, else anonymous (public buckets
+    such as Open X-Embodiment's need none). ``STORAGE_EMULATOR_HOST`` points it at an emulator."""
+    global _GCS_CLIENT
+    if _GCS_CLIENT is None:
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage
+
+        try:
+            _GCS_CLIENT = storage.Client()
+        except DefaultCredentialsError:
+            _GCS_CLIENT = storage.Client.create_anonymous_client()
+    return _GCS_CLIENT
+
+
+def _gcs_identity(path: str) -> dict:
+    """A gs:// object's identity from its metadata (one small request, no data read)."""
+    try:
+        from google.api_core import exceptions as gexc
+    except ImportError:
+        raise InputDataError(path, "identifying gs:// files by generation and CRC32C needs google-cloud-storage; "
+                                   "install it with: pip install 'stepnorm[gcs]'") from None
+    bucket, _, name = path[len("gs://"):].partition("/")
+    try:
+        blob = _gcs_client().bucket(bucket).get_blob(name)
+    except gexc.GoogleAPIError as exc:
+        raise InputDataError(path, f"cannot read the object's metadata ({type(exc).__name__}: {exc})") from None
+    if blob is None:
+        raise InputDataError(path, "no such object")
+    if blob.generation is None or not blob.crc32c:
+        raise InputDataError(path, "the object's metadata has no generation or CRC32C")
+    return {"file": path, "size": int(blob.size), "generation": int(blob.generation), "crc32c": blob.crc32c}
 
 
 def _metadata_hash(ds: DatasetConfig) -> str:
