@@ -17,10 +17,11 @@ stay the original encoded bytes); the pipeline adds, per step:
 The stored ``steps/action`` stays as it was; the chunk is built from the action after the dataset's
 transforms (the action the statistics describe), so all datasets' chunks share one action space.
 
-LeRobot datasets are written as RLDS too: ``steps/action``, ``steps/observation/state``, every
-other numeric parquet column (``observation.velocity`` -> ``steps/observation/velocity``),
-``is_first``/``is_last``/``is_terminal`` and ``episode_metadata/episode_index``, plus the fields
-above; videos are not copied.
+LeRobot datasets are written as RLDS too (stepnorm.writers.lerobot), plus the fields above.
+
+What an episode becomes (normalized fields, the tf.Example bytes, the TFDS features and metadata)
+is library code in stepnorm.writers, importable without Beam; this module plans the shards, runs
+the shard writer in Beam, checks the counts and publishes.
 
 Sharding is fixed by the input, not by the runner: an RLDS output shard is exactly one input
 shard read (same episodes, same order), a LeRobot dataset is cut into contiguous runs of episodes.
@@ -48,233 +49,26 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import apache_beam as beam
-import numpy as np
 
 from stepnorm import __version__, outputs
 from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, Artifact, read_artifact
 from stepnorm.compute import staleness
 from stepnorm.config import Config, DatasetConfig, check_output_names, output_split_name
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
-from stepnorm.normalize import Normalizer
 from stepnorm.paths import is_remote
 from stepnorm.pipelines.stats_beam import _progress_bar, run_beam
 from stepnorm.sources import ReadTask, read_task, read_tasks
-from stepnorm.sources.base import Episode
-from stepnorm.sources.transforms import apply_transforms, build_transforms
+from stepnorm.writers import (ACTION_CHUNK, ACTION_CHUNK_VALID, STATE_NORMALIZED, EpisodeNormalizer, ExampleEncoder,
+                              added_features, extend_features, lerobot_episodes, lerobot_features, lerobot_layout,
+                              shard_name, write_metadata)
 
 MANIFEST_FILE = "MANIFEST.json"
 MANIFEST_FORMAT = "stepnorm.normalized"
 STATS_SUBDIR = "stats"
-ACTION_CHUNK = "action_chunk"
-ACTION_CHUNK_VALID = "action_chunk_valid"
-STATE_NORMALIZED = "state_normalized"  # inside steps/observation
 LEROBOT_VERSION = "1.0.0"
 # LeRobot episodes carry no images, so shards are cut by size: about this many bytes each.
 LEROBOT_SHARD_BYTES = 256 << 20
 _RECEIPTS = ".receipts"
-
-
-# -- the numeric core (plain functions, no Beam) ---------------------------------------------------
-def action_chunks(action: np.ndarray, state: np.ndarray | None, horizon: int,
-                  delta_mask: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every step's action chunk and its validity (SPEC section 2).
-
-    Args:
-        action: ``[T, D]`` actions.
-        state: ``[T, Ds]`` states (needed when ``delta_mask`` marks any dim).
-        horizon: ``H``.
-        delta_mask: per action dim, True where the chunk holds ``a_{t+k} - s_t``.
-
-    Returns:
-        ``chunk [T, H, D]`` float64 with ``chunk[t, k] = a_{min(t+k, T-1)}`` (delta applied after
-        the padding repeat), and ``valid [T, H]`` bool, False where ``t + k >= T``.
-    """
-    t_len = action.shape[0]
-    index = np.arange(t_len)[:, None] + np.arange(horizon)[None, :]
-    valid = index < t_len
-    chunk = np.asarray(action, np.float64)[np.minimum(index, max(t_len - 1, 0))]
-    if delta_mask is not None and any(delta_mask):
-        dims = np.flatnonzero(np.asarray(delta_mask, bool))
-        chunk[:, :, dims] -= np.asarray(state, np.float64)[:, None, dims]
-    return chunk, valid
-
-
-@dataclass
-class EpisodeNormalizer:
-    """Normalizes one dataset's episodes: the action chunks and (optionally) the state."""
-
-    horizon: int
-    delta_mask: Sequence[bool] | None
-    action: Normalizer
-    state: Normalizer | None
-
-    @classmethod
-    def build(cls, cfg: Config, artifact: Artifact, dataset: str) -> "EpisodeNormalizer":
-        """From the config's normalization specs and the combined (or the dataset's) statistics."""
-        source = None if cfg.normalize_with == "combined" else dataset
-        spec = cfg.normalization["action"]
-        # The artifact's decision (checked fresh for cfg, so it is cfg's) picks the statistics block.
-        action = Normalizer.from_artifact(artifact, "action", source, mode=spec.mode, mask=spec.mask, clip=spec.clip,
-                                          allow_empty_positions=True)
-        state = None
-        if "state" in cfg.normalization:
-            spec = cfg.normalization["state"]
-            state = Normalizer(artifact.stats("state", "global", source), None, mode=spec.mode, mask=spec.mask,
-                               clip=spec.clip)
-        return cls(cfg.horizon, cfg.delta_mask, action, state)
-
-    def added_fields(self, episode: Episode) -> dict:
-        """The step fields the pipeline adds, nested as in the features: ``{"steps": {...}}``."""
-        try:
-            chunk, valid = action_chunks(episode.action, episode.state, self.horizon, self.delta_mask)
-            # [T, H, D]: per position under a per-timestep decision, else the decision's [D] vector.
-            steps = {ACTION_CHUNK: self.action.normalize(chunk).astype(np.float32),
-                     ACTION_CHUNK_VALID: valid}
-            if self.state is not None:
-                if episode.state is None:
-                    raise ValueError("normalization.state is configured but the dataset has no state_key")
-                normalized = self.state.normalize(np.asarray(episode.state, np.float64), chunked=False)
-                steps["observation"] = {STATE_NORMALIZED: normalized.astype(np.float32)}
-        except ValueError as exc:  # dims that disagree with the statistics
-            raise InputDataError(episode.source, f"cannot normalize episode: {exc}") from None
-        return {"steps": steps}
-
-
-# -- features -------------------------------------------------------------------------------------
-def added_features(horizon: int, action_dim: int, state_dim: int | None):
-    """The FeaturesDict of just the added fields (``state_dim`` None: no normalized state)."""
-    import tensorflow_datasets as tfds
-
-    steps = {
-        ACTION_CHUNK: tfds.features.Tensor(shape=(horizon, action_dim), dtype=np.float32,
-                                           doc="action chunk a[t:t+H] (padded by repeating the last action), normalized"),
-        ACTION_CHUNK_VALID: tfds.features.Tensor(shape=(horizon,), dtype=np.bool_,
-                                                 doc="False where the chunk position is padding (t+k >= T)"),
-    }
-    if state_dim is not None:
-        steps["observation"] = tfds.features.FeaturesDict({
-            STATE_NORMALIZED: tfds.features.Tensor(shape=(state_dim,), dtype=np.float32, doc="normalized state"),
-        })
-    return tfds.features.FeaturesDict({"steps": tfds.features.Dataset(steps)})
-
-
-def extend_features(source, added, where: str):
-    """``source`` FeaturesDict with ``added``'s step fields merged in (the output's features).
-
-    Existing feature objects are reused as they are, so their serialized layout (and docs) stay
-    those of the source. Raises InputDataError if the source already has a field being added.
-    """
-    import tensorflow_datasets as tfds
-
-    def merge(base, extra, path):
-        out = dict(base.items()) if base is not None else {}
-        for key, feature in extra.items():
-            here = f"{path}/{key}"
-            if isinstance(feature, tfds.features.FeaturesDict):
-                current = out.get(key)
-                if current is not None and not isinstance(current, tfds.features.FeaturesDict):
-                    raise InputDataError(where, f"feature {here} is not a dict; cannot add {here}/...")
-                out[key] = tfds.features.FeaturesDict(merge(current, feature, here),
-                                                      doc=current.doc if current is not None else None)
-            elif key in out:
-                raise InputDataError(where, f"already has feature {here} (is it already normalized?)")
-            else:
-                out[key] = feature
-        return out
-
-    if "steps" not in source or not isinstance(source["steps"], tfds.features.Dataset):
-        raise InputDataError(where, "has no 'steps' dataset feature (not an RLDS dataset)")
-    steps = source["steps"]
-    new_steps = tfds.features.Dataset(merge(steps.feature, added["steps"].feature, "steps"), doc=steps.doc)
-    return tfds.features.FeaturesDict({**dict(source.items()), "steps": new_steps}, doc=source.doc)
-
-
-def _lerobot_tensor(values: np.ndarray):
-    """The Tensor feature of a numeric ``[T, ...]`` column, or None for columns RLDS cannot hold."""
-    import tensorflow_datasets as tfds
-
-    if values.dtype == object or values.dtype.kind not in "biuf" or values.dtype == np.uint64:
-        return None
-    return tfds.features.Tensor(shape=values.shape[1:], dtype=values.dtype)
-
-
-def lerobot_layout(ds: DatasetConfig, first: Episode) -> dict[str, tuple[str, ...]]:
-    """LeRobot column -> RLDS step path (``observation.velocity`` -> ``("observation", "velocity")``).
-
-    The action and state columns go to ``action`` and ``observation/state`` whatever their names;
-    non-numeric columns are left out. Raises InputDataError when two columns land on one path.
-    """
-    layout = {ds.action_key: ("action",)}
-    if ds.state_key is not None:
-        layout[ds.state_key] = ("observation", "state")
-    for name, values in first.extra.items():
-        if isinstance(values, np.ndarray) and _lerobot_tensor(values) is not None:
-            layout[name] = tuple(name.split("."))
-    reserved = {("is_first",), ("is_last",), ("is_terminal",), (ACTION_CHUNK,), (ACTION_CHUNK_VALID,),
-                ("observation", STATE_NORMALIZED)}
-    paths = list(layout.values()) + sorted(reserved)
-    for i, path in enumerate(paths):
-        for other in paths[i + 1:]:
-            shorter = min(len(path), len(other))
-            if path[:shorter] == other[:shorter]:
-                raise InputDataError(ds.path, f"columns map to clashing RLDS step fields {'/'.join(path)} and "
-                                              f"{'/'.join(other)}")
-    return layout
-
-
-def _nest(flat: dict[tuple[str, ...], object]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return out
-
-
-def _lerobot_columns(raw: Episode, ds: DatasetConfig) -> dict[str, np.ndarray]:
-    columns = dict(raw.extra)
-    columns[ds.action_key] = raw.action
-    if ds.state_key is not None:
-        columns[ds.state_key] = raw.state
-    return columns
-
-
-def lerobot_features(ds: DatasetConfig, first: Episode, added):
-    """The full RLDS FeaturesDict of a LeRobot dataset written out (from its first episode)."""
-    import tensorflow_datasets as tfds
-
-    layout = lerobot_layout(ds, first)
-    columns = _lerobot_columns(first, ds)
-    flat = {path: _lerobot_tensor(np.asarray(columns[name])) for name, path in layout.items()}
-    flat.update({("is_first",): tfds.features.Scalar(np.bool_), ("is_last",): tfds.features.Scalar(np.bool_),
-                 ("is_terminal",): tfds.features.Scalar(np.bool_, doc="True on the last step (demonstrations)")})
-
-    def to_features(tree):
-        return {k: tfds.features.FeaturesDict(to_features(v)) if isinstance(v, dict) else v for k, v in tree.items()}
-
-    base = tfds.features.FeaturesDict({
-        "steps": tfds.features.Dataset(to_features(_nest(flat))),
-        "episode_metadata": tfds.features.FeaturesDict({"episode_index": tfds.features.Scalar(np.int64)}),
-    })
-    return extend_features(base, added, ds.path)
-
-
-def lerobot_example(ds: DatasetConfig, layout: dict[str, tuple[str, ...]], raw: Episode) -> dict:
-    """A raw LeRobot episode as a nested RLDS example (without the added fields)."""
-    t_len = raw.length
-    columns = _lerobot_columns(raw, ds)
-    flat = {path: np.asarray(columns[name]) for name, path in layout.items()}
-    last = np.arange(t_len) == t_len - 1
-    flat.update({("is_first",): np.arange(t_len) == 0, ("is_last",): last, ("is_terminal",): last})
-    return {"steps": _nest(flat), "episode_metadata": {"episode_index": np.int64(raw.index)}}
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and key in out else value
-    return out
 
 
 # -- the Beam part --------------------------------------------------------------------------------
@@ -306,20 +100,13 @@ class DatasetPlan:
     expected_episodes: dict[str, int]  # per output split
 
     def shard_name(self, split: str, index: int) -> str:
-        """``{name}-{split}.tfrecord-{i:05d}-of-{n:05d}``."""
-        return f"{self.name}-{split}.tfrecord-{index:05d}-of-{self.num_shards(split):05d}"
+        return shard_name(self.name, split, index, self.num_shards(split))
 
     def num_shards(self, split: str) -> int:
         return sum(len(j.shard_sizes) for j in self.jobs if j.split == split)
 
     def shard_sizes(self, split: str) -> list[int]:
         return [size for job in self.jobs if job.split == split for size in job.shard_sizes]
-
-
-def _feature_from_json(doc: dict):
-    import tensorflow_datasets as tfds
-
-    return tfds.features.FeatureConnector.from_json(doc)
 
 
 class WriteShardsFn(beam.DoFn):
@@ -329,16 +116,12 @@ class WriteShardsFn(beam.DoFn):
         self.cfg, self.artifact_doc, self.plans, self.staging = cfg, artifact_doc, plans, staging
 
     def setup(self):
-        from tensorflow_datasets.core import example_serializer
-
         artifact = Artifact(self.artifact_doc)
-        self.by_name = {ds.name: ds for ds in self.cfg.datasets}
-        self.normalizers = {name: EpisodeNormalizer.build(self.cfg, artifact, name) for name in self.plans}
-        self.encoders = {}
-        for name, plan in self.plans.items():
-            # LeRobot examples are built whole; RLDS examples only get the added fields encoded.
-            features = _feature_from_json(plan.features_json if plan.lerobot_layout else plan.added_json)
-            self.encoders[name] = (features, example_serializer.ExampleSerializer(features.get_serialized_info()))
+        by_name = {ds.name: ds for ds in self.cfg.datasets}
+        self.by_name = by_name
+        self.encoders = {name: ExampleEncoder(by_name[name], EpisodeNormalizer.build(self.cfg, artifact, name),
+                                              plan.features_json, plan.added_json, plan.lerobot_layout)
+                         for name, plan in self.plans.items()}
         self.progress = _progress_bar("normalizing")
         self.written = beam.metrics.Metrics.counter("stepnorm", "episodes_written")
 
@@ -371,23 +154,13 @@ class WriteShardsFn(beam.DoFn):
             raise InputDataError(job.task.locator, f"read {surplus} more episodes than the split holds")
 
     def _records(self, plan: DatasetPlan, job: WriteJob) -> Iterator[bytes]:
-        # TFDS's own copy of the Example proto, the class its serializer builds.
-        from tensorflow_datasets.proto import tf_example_pb2
-
-        ds = self.by_name[job.dataset]
-        normalizer = self.normalizers[job.dataset]
-        features, serializer = self.encoders[job.dataset]
+        ds, encoder = self.by_name[job.dataset], self.encoders[job.dataset]
         if plan.lerobot_layout is None:
             for episode in read_task(ds, job.task, keep_serialized=True):
-                example = tf_example_pb2.Example.FromString(episode.extra["serialized"])
-                example.MergeFrom(serializer.get_tf_example(features.encode_example(normalizer.added_fields(episode))))
-                # Sorted map keys: the same episode always gives the same bytes.
-                yield example.SerializeToString(deterministic=True)
+                yield encoder.encode(episode)
             return
-        layout = {k: tuple(v) for k, v in plan.lerobot_layout.items()}
-        for raw, episode in _lerobot_episodes(ds):
-            nested = _deep_merge(lerobot_example(ds, layout, raw), normalizer.added_fields(episode))
-            yield serializer.get_tf_example(features.encode_example(nested)).SerializeToString(deterministic=True)
+        for raw, episode in lerobot_episodes(ds):
+            yield encoder.encode(episode, raw)
 
     def _receipt(self, plan: DatasetPlan, split: str, index: int, count: int, num_bytes: int) -> dict:
         from apache_beam.io.filesystems import FileSystems
@@ -398,16 +171,6 @@ class WriteShardsFn(beam.DoFn):
         with FileSystems.create(path) as handle:
             handle.write(json.dumps(receipt).encode())
         return receipt
-
-
-def _lerobot_episodes(ds: DatasetConfig) -> Iterator[tuple[Episode, Episode]]:
-    """(raw episode with every column, episode with the dataset's transforms applied)."""
-    from stepnorm.sources.lerobot import iter_lerobot_episodes
-
-    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
-    for raw in iter_lerobot_episodes(ds.path, dataset=ds.name, action_key=ds.action_key, state_key=ds.state_key,
-                                     max_frames=ds.max_frames, columns_only=False):
-        yield raw, apply_transforms(raw, transforms) if transforms else raw
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -437,7 +200,7 @@ def _plan(cfg: Config, artifact: Artifact, ds: DatasetConfig) -> DatasetPlan:
                                           f"counted {expected}")
         return DatasetPlan(ds.name, f"{ds.name}/{builder.info.version}", splits, features.to_json(), added.to_json(),
                            None, jobs, counts)
-    raw, _ = next(_lerobot_episodes(ds))
+    raw, _ = next(lerobot_episodes(ds))
     layout = lerobot_layout(ds, raw)
     features = lerobot_features(ds, raw, added)
     est_bytes = int(block["num_steps"]) * 4 * (cfg.horizon * (action_dim + 1) + 2 * action_dim + 2 * (state_dim or 0)
@@ -532,15 +295,12 @@ def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: 
                     artifact: Artifact) -> dict[str, int]:
     """Check the receipts (counts in == counts out) and write the TFDS metadata; returns the
     episodes written per output split."""
-    import tensorflow_datasets as tfds
-
     data_dir = staging / plan.rel_dir
     receipts = {}
     for file in (data_dir / _RECEIPTS).glob("*.json"):
         receipt = json.loads(file.read_text())
         receipts[(receipt["split"], receipt["shard"])] = receipt
-    pattern = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-    split_infos, written = [], {}
+    splits, written = {}, {}
     for split, source_split in plan.splits.items():
         expected_sizes = plan.shard_sizes(split)
         for index, size in enumerate(expected_sizes):
@@ -552,15 +312,9 @@ def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: 
         if total != plan.expected_episodes[split]:
             raise InputDataError(ds.path, f"split {source_split!r}: wrote {total} episodes, expected "
                                           f"{plan.expected_episodes[split]}")
-        template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template=pattern, dataset_name=plan.name,
-                                                 split=split, filetype_suffix="tfrecord")
-        split_infos.append(tfds.core.SplitInfo(
-            name=split, shard_lengths=expected_sizes, filename_template=template,
-            num_bytes=sum(r["bytes"] for (s, _), r in receipts.items() if s == split)))
+        splits[split] = (expected_sizes, sum(r["bytes"] for (s, _), r in receipts.items() if s == split))
         written[split] = total
     shutil.rmtree(data_dir / _RECEIPTS)
-    template = tfds.core.ShardedFileTemplate(data_dir=data_dir, template=pattern, dataset_name=plan.name,
-                                             filetype_suffix="tfrecord")
     source = {"path": ds.path, "format": ds.format, "split": ds.split, "splits": dict(plan.splits)}
     description = (f"{ds.name}, pre-normalized by stepnorm {__version__} from {ds.path} (splits "
                    f"{', '.join(plan.splits.values())}; statistics from {ds.split}) with "
@@ -572,12 +326,9 @@ def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: 
         info = rlds_builder(ds.path).info
         description += "\n\n" + (info.description or "")
         kwargs = {"homepage": info.homepage, "citation": info.citation}
-    metadata = tfds.core.MetadataDict(stepnorm={"stats_fingerprint": artifact.fingerprint, "source": source,
-                                                "horizon": artifact.horizon, "normalize_with": cfg.normalize_with,
-                                                "action_statistics": artifact.decision.as_dict()})
-    tfds.folder_dataset.write_metadata(data_dir=data_dir, features=_feature_from_json(plan.features_json),
-                                       split_infos=split_infos, filename_template=template, check_data=False,
-                                       description=description, metadata=metadata, disable_shuffling=True, **kwargs)
+    metadata = {"stepnorm": {"stats_fingerprint": artifact.fingerprint, "source": source, "horizon": artifact.horizon,
+                             "normalize_with": cfg.normalize_with, "action_statistics": artifact.decision.as_dict()}}
+    write_metadata(data_dir, plan.name, plan.features_json, splits, description, metadata, **kwargs)
     return written
 
 
@@ -606,6 +357,5 @@ def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPla
     (staging / MANIFEST_FILE).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-__all__ = ["ACTION_CHUNK", "ACTION_CHUNK_VALID", "MANIFEST_FILE", "STATE_NORMALIZED", "EpisodeNormalizer",
-           "NormalizeResult", "WriteJob", "action_chunks", "added_features", "check_fresh", "extend_features",
+__all__ = ["MANIFEST_FILE", "DatasetPlan", "NormalizeResult", "WriteJob", "WriteShardsFn", "check_fresh",
            "run_normalize"]

@@ -12,24 +12,39 @@ import numpy as np
 RANK_TOL = 0.002
 
 
-def chunk_entries(episodes, horizon, delta_mask=None):
-    """Per chunk position k, the ``[n_k, D]`` array of valid entries ``A_t[k]`` (loops, no tricks)."""
-    per_k = [[] for _ in range(horizon)]
+def chunk_at(action, state, t, horizon, delta_mask=None):
+    """The chunk at step ``t`` with loops: ``[H, D]`` entries ``a_{t+k}`` (padding repeats the last
+    action, as LeRobot and Octo pad), the delta ``- s_t[d]`` applied after the repeat on marked
+    dims, and ``[H]`` validity flags (``t + k < T``)."""
+    action = np.asarray(action, np.float64)
+    t_len, dim = action.shape
+    chunk = np.zeros((horizon, dim))
+    valid = np.zeros(horizon, bool)
+    for k in range(horizon):
+        valid[k] = t + k < t_len
+        chunk[k] = action[min(t + k, t_len - 1)]
+        for d, on in enumerate(delta_mask or []):
+            if on:
+                chunk[k, d] -= float(state[t][d])
+    return chunk, valid
+
+
+def chunks(episodes, horizon, delta_mask=None):
+    """Every step's chunk over ``(action, state)`` episodes: ``[N, H, D]`` and validity ``[N, H]``."""
+    out, valid = [], []
     for action, state in episodes:
-        action = np.asarray(action, np.float64)
-        t_len = len(action)
-        for t in range(t_len):
-            for k in range(horizon):
-                if t + k >= t_len:
-                    continue
-                entry = action[t + k].copy()
-                if delta_mask is not None:
-                    for d, on in enumerate(delta_mask):
-                        if on:
-                            entry[d] -= float(state[t][d])
-                per_k[k].append(entry)
+        for t in range(len(action)):
+            chunk, ok = chunk_at(action, state, t, horizon, delta_mask)
+            out.append(chunk)
+            valid.append(ok)
     dim = np.asarray(episodes[0][0]).shape[1]
-    return [np.asarray(rows, np.float64).reshape(-1, dim) for rows in per_k]
+    return np.asarray(out, np.float64).reshape(-1, horizon, dim), np.asarray(valid, bool).reshape(-1, horizon)
+
+
+def chunk_entries(episodes, horizon, delta_mask=None):
+    """Per chunk position k, the ``[n_k, D]`` array of valid entries ``A_t[k]``."""
+    chunk, valid = chunks(episodes, horizon, delta_mask)
+    return [chunk[valid[:, k], k] for k in range(horizon)]
 
 
 def two_pass(values):

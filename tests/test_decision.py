@@ -17,7 +17,8 @@ import warnings
 import numpy as np
 import pytest
 import yaml
-from test_exporters import chunks, lerobot_normalize, octo_normalize, read_lerobot_episodes, robomimic_normalize
+from reference import chunks
+from test_exporters import lerobot_normalize, octo_normalize, read_lerobot_episodes, robomimic_normalize
 from test_normalize_pipeline import _load_rlds, expected_block
 
 from stepnorm.artifact import read_artifact

@@ -1,5 +1,5 @@
-"""docs/architecture.md stays true to the code: the files it names exist, the entry points in its
-table are defined in that row's modules, and what it lists as "being reworked" does not exist yet."""
+"""docs/architecture.md stays true to the code: the files it names exist, and the entry points in its
+table are defined in that row's modules."""
 
 import ast
 import re
@@ -19,9 +19,6 @@ def _resolve(token: str) -> Path | None:
     return None
 
 
-def _sections():
-    head, _, reworked = DOC.partition("## Being reworked")
-    return head, reworked
 
 
 def _paths(text: str) -> set[str]:
@@ -29,8 +26,7 @@ def _paths(text: str) -> set[str]:
 
 
 def test_named_files_exist():
-    head, _ = _sections()
-    missing = sorted(p for p in _paths(head) if "<" not in p and _resolve(p) is None)
+    missing = sorted(p for p in _paths(DOC) if "<" not in p and _resolve(p) is None)
     assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
 
 
@@ -77,10 +73,3 @@ def test_table_entry_points_are_defined_where_the_table_says():
             checked += 1
     assert checked > 40
 
-
-def test_pieces_marked_being_reworked_do_not_exist_yet():
-    _, reworked = _sections()
-    for path in ("src/stepnorm/chunks.py",):
-        assert f"`{path.removeprefix('src/stepnorm/')}" in reworked or f"`{path}" in reworked
-        assert not (REPO / path).exists(), (f"{path} exists now: move it out of 'Being reworked' in "
-                                            f"docs/architecture.md and into the data's path")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from gen import make_episodes
-from reference import RANK_TOL, rank_error, two_pass
+from reference import RANK_TOL, chunks, rank_error, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
 from stepnorm.cli import main
@@ -57,21 +57,6 @@ def build_artifact(out_dir, datasets, horizon=H, **config):
     fps = {name: hashlib.sha256(name.encode()).hexdigest() for name in datasets}
     write_artifact(out_dir, artifact_from_accumulators(cfg, accs, fps))
     return out_dir, cfg
-
-
-def chunks(episodes, horizon, delta_mask=None):
-    """Every action chunk ``[N, H, D]`` (padding repeats the last action) and its validity ``[N, H]``."""
-    out, valid = [], []
-    for action, state in episodes:
-        t_len = len(action)
-        idx = np.arange(t_len)[:, None] + np.arange(horizon)[None, :]
-        chunk = action[np.minimum(idx, t_len - 1)].copy()
-        if delta_mask is not None:
-            on = np.asarray(delta_mask, bool)
-            chunk[..., on] -= state[:, None, on]
-        out.append(chunk)
-        valid.append(idx < t_len)
-    return np.concatenate(out), np.concatenate(valid)
 
 
 def assert_consumer_matches(consumer, ours, denom, eps, active, label):

@@ -12,8 +12,8 @@ formulas and layouts are re-implemented (LeRobot's real code runs in its own tes
 
 import numpy as np
 import pytest
-from reference import chunk_entries, two_pass
-from test_exporters import build_artifact, chunks, read_lerobot_episodes
+from reference import chunk_at, chunk_entries, chunks, two_pass
+from test_exporters import build_artifact, read_lerobot_episodes
 
 from stepnorm.artifact import read_artifact
 from stepnorm.exporters import run_export
@@ -69,10 +69,6 @@ def _sample_starts(episodes, count, seed):
     return picks
 
 
-def _raw_chunk(action, t, h):
-    return action[np.minimum(np.arange(t, t + h), len(action) - 1)].copy()
-
-
 # -- openpi -------------------------------------------------------------------------------------------
 def openpi_delta_actions(data, mask):
     """openpi ``DeltaActions``: ``actions[..., :dims] -= where(mask, state[..., :dims], 0)``."""
@@ -107,7 +103,7 @@ def test_openpi_training_and_inference(real, tmp_path, action_horizon):
     targets = []
     for e, t in picks:
         action, state = episodes[e]
-        raw = _raw_chunk(action, t, action_horizon)
+        raw = chunk_at(action, None, t, action_horizon)[0]
         data = openpi_delta_actions({"state": state[t].copy(), "actions": raw.copy()}, mask)
         out = openpi_pad(normalize(data), MODEL_ACTION_DIM)
         x = raw.copy()
@@ -132,7 +128,7 @@ def test_openpi_training_and_inference(real, tmp_path, action_horizon):
         for b, (e, t, _, _) in enumerate(chosen):
             action = episodes[e][0]
             executed = out["actions"][b, :N_ACTION_STEPS, : action.shape[1]]
-            expect = _raw_chunk(action, t, N_ACTION_STEPS)
+            expect = chunk_at(action, None, t, N_ACTION_STEPS)[0]
             valid = np.arange(t, t + N_ACTION_STEPS) < len(action)
             np.testing.assert_allclose(executed[valid], expect[valid], rtol=1e-9, atol=1e-9 * np.abs(action).max())
 
@@ -177,7 +173,7 @@ def test_robomimic_chunk_policy(real, tmp_path):
             executed = raw[b, :N_ACTION_STEPS].copy()
             if delta is not None:  # the policy's actions are relative to the state it saw
                 executed[:, np.asarray(delta)] += state[t, np.asarray(delta)]
-            expect = _raw_chunk(action, t, N_ACTION_STEPS)
+            expect = chunk_at(action, None, t, N_ACTION_STEPS)[0]
             ok = np.arange(t, t + N_ACTION_STEPS) < len(action)
             np.testing.assert_allclose(executed[ok], expect[ok], rtol=1e-9, atol=1e-9 * np.abs(action).max())
     with pytest.raises(ValueError, match=r"chunk \[h, D\]"):
@@ -221,7 +217,7 @@ def test_octo_stored_actions_then_chunks(real, tmp_path):
             raw = octo_unnormalize_normal(windows, stats)[:, :N_ACTION_STEPS]
             ours = sn_octo.unnormalize_chunk(windows, entry, mode="normal")[:, :N_ACTION_STEPS]
             for b, t in enumerate(starts):
-                np.testing.assert_allclose(raw[b], _raw_chunk(action, t, N_ACTION_STEPS), rtol=1e-9,
+                np.testing.assert_allclose(raw[b], chunk_at(action, None, t, N_ACTION_STEPS)[0], rtol=1e-9,
                                            atol=1e-6 * np.abs(action).max())
                 # stepnorm's unnormalize of the same prediction with the same entry: the same actions
                 np.testing.assert_allclose(ours[b], raw[b], rtol=1e-9, atol=1e-6 * np.abs(action).max())

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from lerobot_env.plain_reference import Reference, chunk_at, pick_frames, read_episodes
+from lerobot_env.plain_reference import Reference, pick_frames, read_episodes
+from reference import chunk_at
 from stepnorm.artifact import write_artifact
 from stepnorm.compute import accumulate, artifact_from_accumulators
 from stepnorm.config import parse_config
@@ -109,7 +110,7 @@ def test_training_chunks_normalized_per_position(case, artifacts):
     episodes = read_episodes(data)
     horizon = CASES[case][1]
     picks = pick_frames(episodes, 20, horizon, seed=3)
-    chunks = np.stack([chunk_at(episodes[e][0], t, horizon)[0] for e, t in picks])
+    chunks = np.stack([chunk_at(episodes[e][0], None, t, horizon)[0] for e, t in picks])
     states = np.stack([episodes[e][1][t] for e, t in picks])
     for dtype, np_dtype, rtol in ((torch.float64, np.float64, 1e-12), (torch.float32, np.float32, 1e-5)):
         transition = {"observation": {"observation.state": torch.tensor(states, dtype=dtype)},

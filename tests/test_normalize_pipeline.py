@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
+from reference import chunks
+
 from stepnorm.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,19 +114,6 @@ def _reference_unnormalize(y, stats, spec):
     return np.where(mask, x, y), center, scale, mask
 
 
-def _raw_chunks(action, state, horizon, delta_mask):
-    """``[T, H, D]`` chunks with loops: padding repeats the last action, delta applied after."""
-    t_len, dim = action.shape
-    out = np.zeros((t_len, horizon, dim))
-    for t in range(t_len):
-        for k in range(horizon):
-            out[t, k] = action[min(t + k, t_len - 1)]
-            for d, on in enumerate(delta_mask or []):
-                if on:
-                    out[t, k, d] -= state[t, d]
-    return out
-
-
 def check_dataset(out_eps, raw_eps, stats_doc, dataset, cfg, require_clip_check=False):
     """Every valid chunk entry inverts to the raw chunk; padding is flagged; state normalized.
 
@@ -145,9 +134,8 @@ def check_dataset(out_eps, raw_eps, stats_doc, dataset, cfg, require_clip_check=
         short += t_len < horizon
         y, valid = steps["action_chunk"], steps["action_chunk_valid"]
         assert y.dtype == np.float32 and y.shape == (t_len, horizon, action.shape[1])
-        expect_valid = (np.arange(t_len)[:, None] + np.arange(horizon)[None, :]) < t_len
+        raw, expect_valid = chunks([(action, state)], horizon, delta_mask)
         np.testing.assert_array_equal(valid, expect_valid)
-        raw = _raw_chunks(action, state, horizon, delta_mask)
         x, center, scale, mask = _reference_unnormalize(y, pt, spec)
         tol = 1e-6 * (np.abs(center) + scale) + 1e-7
         inside = np.broadcast_to(valid[..., None], y.shape)
@@ -227,6 +215,66 @@ def test_manifest_metadata_and_stats_copy(sample_run):
         shards = sorted(p.name for p in (out / entry["path"]).glob("*.tfrecord-*"))
         assert shards == [f"{name}-train.tfrecord-{i:05d}-of-{len(shards):05d}" for i in range(len(shards))]
     assert not list(sample_run.glob(".out.stepnorm-*"))
+
+
+_WRITER_WITHOUT_BEAM = r"""
+import glob, importlib.abc, json, sys
+from pathlib import Path
+
+class NoBeam(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "apache_beam" or name.startswith("apache_beam."):
+            raise ImportError(f"{name} is blocked: the writer library must not need Beam")
+
+sys.meta_path.insert(0, NoBeam())
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from stepnorm.artifact import read_artifact
+from stepnorm.config import load_config
+from stepnorm.sources.base import Episode
+from stepnorm.writers import EpisodeNormalizer, ExampleEncoder, added_features, extend_features
+
+root = Path(sys.argv[1])
+cfg = load_config(root / "sample" / "config.yaml")
+artifact = read_artifact(root / "stats")
+checked = 0
+for ds in cfg.datasets:
+    norm = EpisodeNormalizer.build(cfg, artifact, ds.name)
+    builder = tfds.builder_from_directory(ds.path)
+    state_dim = len(artifact.stats("state", "global", ds.name)["mean"])
+    added = added_features(cfg.horizon, len(artifact.stats("action", "global", ds.name)["mean"]), state_dim)
+    features = extend_features(builder.info.features, added, ds.path)
+    encoder = ExampleEncoder(ds, norm, features.to_json(), added.to_json())
+    # a loader of one's own: TFDS decodes the arrays, tf.data gives the records' bytes, in file order
+    decoded = tfds.as_numpy(builder.as_dataset(split=ds.split, shuffle_files=False,
+                                               decoders={"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}))
+    raw = tf.data.TFRecordDataset(sorted(glob.glob(f"{ds.path}/*-{ds.split}.tfrecord-*")))
+    written_dir = root / "out" / json.loads((root / "out" / "MANIFEST.json").read_text())["datasets"][ds.name]["path"]
+    written = tf.data.TFRecordDataset(sorted(glob.glob(f"{written_dir}/*-{ds.split}.tfrecord-*")))
+    n = 0
+    for i, (ep, record, out) in enumerate(zip(decoded, raw, written)):
+        steps = list(ep["steps"])
+        action = [s["action"] for s in steps]
+        state = [s["observation"]["state"] for s in steps]
+        episode = Episode(ds.name, ds.path, i, np.stack(action), np.stack(state), extra={"serialized": record.numpy()})
+        assert encoder.encode(episode) == out.numpy(), (ds.name, i)
+        n += 1
+    assert n == artifact.block(ds.name)["num_episodes"], (ds.name, n)
+    checked += n
+assert "apache_beam" not in sys.modules
+print(checked)
+"""
+
+
+def test_writer_library_reproduces_the_written_bytes_without_beam(sample_run):
+    """stepnorm.writers, with apache_beam blocked from importing, turns the source records into the
+    exact bytes `stepnorm normalize` wrote: what a loader of one's own can do without Beam."""
+    proc = subprocess.run([sys.executable, "-c", _WRITER_WITHOUT_BEAM, str(sample_run)], capture_output=True,
+                          text=True, env={**os.environ, **QUIET}, timeout=300, cwd=str(sample_run / "sample"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) > 10
 
 
 def test_delta_per_dataset_unclipped_and_short_episodes(sample_run, tmp_path):

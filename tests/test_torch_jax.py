@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from gen import make_episodes
+from reference import chunks
 
 from stepnorm.normalize import MODES, Normalizer
 from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator
@@ -28,24 +29,13 @@ def _stats(episodes, horizon=H, delta_mask=None):
     return out["global"], out["per_timestep"]
 
 
-def _chunks(episodes, horizon, delta_mask=None):
-    out = []
-    for a, s in episodes:
-        idx = np.minimum(np.arange(len(a))[:, None] + np.arange(horizon), len(a) - 1)
-        chunk = a[idx].copy()
-        if delta_mask is not None:
-            chunk[..., np.asarray(delta_mask)] -= s[:, None, np.asarray(delta_mask)]
-        out.append(chunk)
-    return np.concatenate(out)
-
-
 @pytest.fixture(scope="module")
 def generated():
     """Generated data with a constant (degenerate) dim 2, plus chunks that leave the range."""
     episodes = make_episodes(seed=41, n=60, dim=5, min_len=H, max_len=40)
     for a, _ in episodes:
         a[:, 2] = 3.0
-    x = _chunks(episodes, H) * 1.5  # some values fall outside [min, max]: clipping matters
+    x = chunks(episodes, H)[0] * 1.5  # some values fall outside [min, max]: clipping matters
     return _stats(episodes), x.astype(np.float32)
 
 
@@ -58,7 +48,7 @@ def real(real_data):
     ep = np.array(table["episode_index"])
     episodes = [(action[ep == e], state[ep == e]) for e in np.unique(ep)]
     delta = [True] * 5 + [False]
-    return _stats(episodes, H, delta), _chunks(episodes, H, delta).astype(np.float32)
+    return _stats(episodes, H, delta), chunks(episodes, H, delta)[0].astype(np.float32)
 
 
 MASKS = {"none": None, "gripper_off": [True, True, True, True, False]}

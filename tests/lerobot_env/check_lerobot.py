@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_reference import Reference, chunk_at, pick_frames, read_episodes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the one chunk reference
+from plain_reference import Reference, pick_frames, read_episodes  # noqa: E402
+from reference import chunk_at  # noqa: E402
 
 LEROBOT_VERSION = "0.4.4"
 LEROBOT_MODES = {"mean_std": "MEAN_STD", "min_max": "MIN_MAX", "q01_q99": "QUANTILES"}
@@ -97,10 +99,10 @@ def main(artifact: Path, data: Path, mode: str, n_action_steps: int) -> dict:
 
     # Training: a batch of real chunks (half of them padded at episode ends) through the preprocessor.
     picks = pick_frames(episodes, 24, horizon, seed=1)
-    chunk_list = [chunk_at(episodes[e][0], t, horizon) for e, t in picks]
+    chunk_list = [chunk_at(episodes[e][0], None, t, horizon) for e, t in picks]
     batch = {STATE: torch.tensor(np.stack([episodes[e][1][t] for e, t in picks]), dtype=torch.float32),
              "action": torch.tensor(np.stack([c for c, _ in chunk_list]), dtype=torch.float32),
-             "action_is_pad": torch.tensor(np.stack([p for _, p in chunk_list]))}
+             "action_is_pad": torch.tensor(~np.stack([v for _, v in chunk_list]))}
     batch[ENV] = batch[STATE].clone()
     out = pre(dict(batch))
     want = np.stack([ref.normalize(c, episodes[e][1][t]) for (c, _), (e, t) in zip(chunk_list, picks)])

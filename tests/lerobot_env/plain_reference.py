@@ -1,7 +1,7 @@
 """Float64 references for the LeRobot integration tests, written plainly (numpy, json, pyarrow only).
 
 Used by tests/test_lerobot_integration.py (main venv) and tests/lerobot_env/check_lerobot.py (the
-LeRobot venv). Nothing from stepnorm: the statistics are read from ``stats.json`` with ``json`` and
+LeRobot venv); chunks come from the suite's one chunk reference, tests/reference.py ``chunk_at``. Nothing from stepnorm: the statistics are read from ``stats.json`` with ``json`` and
 the formulas are SPEC section 4's, written out again here.
 """
 
@@ -29,12 +29,6 @@ def read_episodes(root: Path, action_key: str = "action", state_key: str = "obse
             rows = rows[np.argsort(frame[rows], kind="stable")]
             episodes.append((action[rows], state[rows]))
     return episodes
-
-
-def chunk_at(action: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """``A_t[k] = a_{t+k}``, padded by repeating the last action (as LeRobot and Octo do); and the pad flags."""
-    idx = t + np.arange(horizon)
-    return action[np.minimum(idx, len(action) - 1)], idx >= len(action)
 
 
 def pick_frames(episodes, count: int, horizon: int, seed: int):

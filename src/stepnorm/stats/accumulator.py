@@ -1,16 +1,10 @@
 """The mergeable per-(dataset, key) accumulator for action-chunk statistics.
 
-Chunk semantics (SPEC section 2): for an episode of length ``T`` the chunk at step ``t`` holds
-``A_t[k] = a_{t+k}`` for ``k < H``; entries with ``t + k >= T`` are padding and never counted.
-
-Why the accumulator never materializes chunks for plain (non-delta) dims: the valid entries at
-chunk position ``k`` over one episode are exactly the suffix ``a[k:]``. So position ``k``'s data
-over all episodes is ``tail ∪ head[k] ∪ head[k+1] ∪ ... ∪ head[H-2]``, where ``head[j]`` holds
-each episode's action at exact index ``j`` (``j < H-1``) and ``tail`` holds every action at index
-``>= H-1``. Each action is added once (``T*D`` values per episode, not ``T*H*D``), and the
-per-timestep statistics are assembled at the end by suffix merges: moments exactly, and each output
-cell's exact quantiles from the member cells it is the union of (see stepnorm.stats.exact). Delta dims (``A_t[k][d] = a_{t+k}[d] - s_t[d]``) depend on both
-``t`` and ``k`` and are accumulated per chunk position from a sliding window.
+Chunk semantics (SPEC section 2) and how an episode's valid entries are grouped without
+materializing chunks (plain dims as HEAD/TAIL, delta dims per position) are defined once in
+stepnorm.chunks; each group is a ``CellGroup`` here, and the per-timestep statistics are assembled
+at the end by suffix merges (stepnorm.stats.combine): moments exactly, and each output cell's exact
+quantiles from the member cells it is the union of (see stepnorm.stats.exact).
 
 Batches are buffered and reduced together, so the per-episode cost is a few numpy calls and the
 per-cell loop runs once per ~1M buffered values, not per step, episode or chunk position.
@@ -22,8 +16,8 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from stepnorm import chunks
 from stepnorm.errors import InputDataError, NonFiniteError
 from stepnorm.stats.moments import Moments
 from stepnorm.stats.exact import DEFAULT_SAMPLE_K, SampleGrid
@@ -108,12 +102,11 @@ class ChunkStatsAccumulator:
     # -- layout -----------------------------------------------------------------------------
     @property
     def delta_dims(self) -> np.ndarray:
-        mask = self.spec.delta_mask
-        return np.flatnonzero(np.asarray(mask, bool)) if mask is not None else np.zeros(0, np.int64)
+        return chunks.delta_dims(self.spec.delta_mask)
 
     @property
     def plain_dims(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.action_dim), self.delta_dims)
+        return chunks.plain_dims(self.action_dim, self.spec.delta_mask)
 
     def _init_layout(self, action_dim: int, state_dim: int | None, where: str) -> None:
         spec = self.spec
@@ -129,19 +122,10 @@ class ChunkStatsAccumulator:
                 f"but the state has {state_dim or 0} dims",
             )
         self.action_dim, self.state_dim = action_dim, state_dim
-        h, k = spec.horizon, spec.sketch_k
-        n_plain = len(self.plain_dims)
-        self.groups = {
-            "head": CellGroup((h - 1, n_plain), k),
-            "tail": CellGroup((n_plain,), k),
-            "delta": CellGroup((h, n_delta), k),
-        }
-        if n_delta:
-            # The stored (non-delta) values of the delta dims, once per step: consumers that
-            # normalize stored actions (Octo) need these; plain dims have them in head/tail.
-            self.groups["raw"] = CellGroup((n_delta,), k)
-        if state_dim is not None:
-            self.groups["state"] = CellGroup((state_dim,), k)
+        # RAW (the delta dims' stored values, once per step) is what consumers that normalize
+        # stored actions (Octo) need; plain dims have theirs in HEAD/TAIL.
+        shapes = chunks.group_shapes(spec.horizon, action_dim, state_dim, spec.delta_mask)
+        self.groups = {key: CellGroup(shape, spec.sketch_k) for key, shape in shapes.items()}
 
     # -- adding data --------------------------------------------------------------------------
     def add_episode(self, action: np.ndarray, state: np.ndarray | None = None, source: str | None = None) -> None:
@@ -178,29 +162,10 @@ class ChunkStatsAccumulator:
         The exact-quantile passes read the data again through this, so they see exactly the
         entries the moments saw. ``action``/``state`` must match the accumulator's dims.
         """
-        out = {}
-        t_len = len(action)
-        if t_len == 0:
-            return out
-        action = np.asarray(action, np.float64).reshape(t_len, -1)
-        h = self.spec.horizon
-        plain, delta = self.plain_dims, self.delta_dims
-        if len(plain):
-            a = action[:, plain]
-            head = np.full((1, h - 1, len(plain)), np.nan)
-            n_head = min(t_len, h - 1)
-            head[0, :n_head] = a[:n_head]
-            out["head"] = head
-            out["tail"] = a[h - 1 :]
-        if len(delta):
-            state = np.asarray(state, np.float64).reshape(t_len, -1)
-            padded = np.concatenate([action[:, delta], np.full((h - 1, len(delta)), np.nan)], axis=0)
-            window = sliding_window_view(padded, h, axis=0)  # [T, Dd, H]: window[t, d, k] = a_{t+k}
-            out["delta"] = window.transpose(0, 2, 1) - state[:, None, delta]
-            out["raw"] = action[:, delta]  # the stored actions of the delta dims (what Octo normalizes)
-        if state is not None and self.state_dim is not None:
-            out["state"] = np.asarray(state, np.float64).reshape(t_len, -1)
-        return out
+        if len(action) == 0:
+            return {}
+        return chunks.episode_entries(action, state if self.state_dim is not None else None,
+                                      self.spec.horizon, self.spec.delta_mask)
 
     def merge(self, other: "ChunkStatsAccumulator") -> "ChunkStatsAccumulator":
         """Merge ``other`` into self (associative, commutative); returns self."""
@@ -267,10 +232,8 @@ class ChunkStatsAccumulator:
             action_dim, state_dim = (int(x) for x in z["dims"])
             if action_dim >= 0:
                 acc.action_dim, acc.state_dim = action_dim, (state_dim if state_dim >= 0 else None)
-                # "raw" is absent in blobs written before it existed; the order is _init_layout's.
-                keys = ["head", "tail", "delta"] + (["raw"] if "raw.n" in z.files else [])
-                keys += ["state"] if state_dim >= 0 else []
-                for key in keys:
+                shapes = chunks.group_shapes(spec.horizon, acc.action_dim, acc.state_dim, delta_mask)
+                for key in shapes:
                     moments = Moments.from_arrays({f: z[f"{key}.{f}"] for f in ("n", "mean", "m2", "min", "max")})
                     samples = SampleGrid.from_arrays(moments.shape, spec.sketch_k, z, key)
                     acc.groups[key] = CellGroup(moments.shape, spec.sketch_k, moments, samples)

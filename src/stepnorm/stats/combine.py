@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from stepnorm import chunks
 from stepnorm.stats.exact import DataRef, Source, Target, resolve
 from stepnorm.stats.moments import Moments, mixture_moments
 
@@ -140,20 +141,26 @@ class FinalStats:
         n_plain = len(plain)
         per_t = Moments.empty((h, d))
         members: list[list] = [[None] * d for _ in range(h)]
-        head, tail, dgroup = acc.groups["head"], acc.groups["tail"], acc.groups["delta"]
-        # Plain dims: position k = tail ∪ head[k] ∪ ... ∪ head[H-2] (suffix merges, see accumulator).
-        running = tail.moments.copy()
+        groups = acc.groups
+        # Plain dims: position k is the union of chunks.position_members(k) (suffix merges).
+        # Positions run from H-1 down, so each adds the one member (a HEAD row) it has beyond the
+        # position after it: every group's moments are merged once.
+        running, merged = None, set()
         for pos in range(h - 1, -1, -1):
-            if pos < h - 1:
-                running.merge(head.moments.take(pos))
+            members_pos = chunks.position_members(pos, h)
+            for group, j in members_pos:
+                if (group, j) not in merged:
+                    merged.add((group, j))
+                    cells = groups[group].moments if j is None else groups[group].moments.take(j)
+                    running = cells.copy() if running is None else running.merge(cells)
             _put(per_t, (pos, plain), running)
-            for j, dim in enumerate(plain):
-                members[pos][dim] = [(Source(rid, "tail", j), 1)] + [
-                    (Source(rid, "head", p * n_plain + j), 1) for p in range(pos, h - 1)]
+            for i, dim in enumerate(plain):
+                members[pos][dim] = [(Source(rid, group, i if j is None else j * n_plain + i), 1)
+                                     for group, j in members_pos]
         for pos in range(h):
-            _put(per_t, (pos, delta), dgroup.moments.take(pos))
+            _put(per_t, (pos, delta), groups[chunks.DELTA].moments.take(pos))
             for j, dim in enumerate(delta):
-                members[pos][dim] = [(Source(rid, "delta", pos * len(delta) + j), 1)]
+                members[pos][dim] = [(Source(rid, chunks.DELTA, pos * len(delta) + j), 1)]
         per_timestep = CellStats(per_t, [Target(m) for row in members for m in row], refs)
         global_ = per_timestep.row(0)
         pooled_m = Moments.empty((d,))
@@ -169,17 +176,18 @@ class FinalStats:
             pooled_members.append(Target(sorted(counts.items(), key=lambda kv: (kv[0].group, kv[0].cell))))
         pooled = CellStats(pooled_m, pooled_members, refs)
         state = None
-        if "state" in acc.groups:
-            sg = acc.groups["state"]
-            state = CellStats(sg.moments.copy(), [Target([(Source(rid, "state", i), 1)]) for i in range(sg.shape[0])], refs)
+        if chunks.STATE in groups:
+            sg = groups[chunks.STATE]
+            state = CellStats(sg.moments.copy(), [Target([(Source(rid, chunks.STATE, i), 1)]) for i in range(sg.shape[0])],
+                              refs)
         raw = None
-        if len(delta) and "raw" in acc.groups:
-            # the stored actions: global's cells for plain dims, the "raw" group for delta dims
+        if len(delta):
+            # the stored actions: global's cells for plain dims, the RAW group for delta dims
             raw_m = global_.moments.copy()
-            _put(raw_m, (delta,), acc.groups["raw"].moments)
+            _put(raw_m, (delta,), groups[chunks.RAW].moments)
             targets = [Target(list(t.members), t.weights) for t in global_.targets]
             for j, dim in enumerate(delta):
-                targets[dim] = Target([(Source(rid, "raw", j), 1)])
+                targets[dim] = Target([(Source(rid, chunks.RAW, j), 1)])
             raw = CellStats(raw_m, targets, refs)
         return cls(h, acc.num_episodes, acc.num_steps, per_timestep, global_, pooled, state, raw)
 
