@@ -248,15 +248,12 @@ def run_normalize(cfg: Config, stats_dir: str | os.PathLike, out_dir: str | os.P
     check_output_names(cfg)
     artifact = read_artifact(stats_dir)  # one read: this snapshot is what is applied and bundled
     check_fresh(cfg, artifact)
-    plans = {ds.name: _plan(cfg, artifact, ds) for ds in cfg.datasets}
+    plans = plan_datasets(cfg, artifact)
     with outputs.writing(out_dir, "normalized", [*config_inputs(cfg), artifact.directory]) as staging:
         out = staging.parent / Path(out_dir).resolve().name
-        for plan in plans.values():
-            (staging / plan.rel_dir / _RECEIPTS).mkdir(parents=True)
-        _run_beam(cfg, artifact, plans, str(staging), beam_args)
-        episodes = {}
-        for ds in cfg.datasets:
-            episodes[ds.name] = _finish_dataset(cfg, ds, plans[ds.name], staging, artifact)
+        prepare_staging(plans, staging)
+        run_beam(beam_args, lambda p: p | "WriteNormalized" >> WriteNormalized(cfg, artifact, plans, str(staging)))
+        episodes = finish_datasets(cfg, artifact, plans, staging)
         _copy_artifact(artifact, staging / STATS_SUBDIR)
         _write_manifest(cfg, artifact, plans, episodes, staging)
     for ds in cfg.datasets:
@@ -280,15 +277,44 @@ def _copy_artifact(artifact: Artifact, target: Path) -> None:
     outputs.write_marker(target, "stats")
 
 
-def _run_beam(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPlan], staging: str,
-              beam_args: Sequence[str]) -> None:
-    jobs = [job for plan in plans.values() for job in plan.jobs]
-    run_beam(beam_args, lambda p: (
-        p
-        | "Jobs" >> beam.Create(jobs)
-        | "Spread" >> beam.Reshuffle()
-        | "Write" >> beam.ParDo(WriteShardsFn(cfg, artifact.doc, plans, staging))
-    ))
+class WriteNormalized(beam.PTransform):
+    """The shard writer of ``stepnorm normalize`` as a PTransform: pipeline root -> one receipt per
+    output shard written (whole TFRecord files) under ``staging``.
+
+    ``plans`` (``plan_datasets``) fixes every shard's episodes before the pipeline runs, so the
+    output is the same bytes on every runner; ``finish_datasets`` then checks the receipts (counts
+    in == counts out) and writes the TFDS metadata. ``run_normalize`` adds the output's lock,
+    staging, artifact copy, MANIFEST.json and atomic publication around these three steps.
+    """
+
+    def __init__(self, cfg: Config, artifact: Artifact, plans: dict[str, "DatasetPlan"], staging: str):
+        super().__init__()
+        self.cfg, self.artifact, self.plans, self.staging = cfg, artifact, plans, staging
+
+    def expand(self, root):
+        jobs = [job for plan in self.plans.values() for job in plan.jobs]
+        return (root
+                | "Jobs" >> beam.Create(jobs)
+                | "Spread" >> beam.Reshuffle()
+                | "Write" >> beam.ParDo(WriteShardsFn(self.cfg, self.artifact.doc, self.plans, self.staging)))
+
+
+def plan_datasets(cfg: Config, artifact: Artifact) -> dict[str, "DatasetPlan"]:
+    """Every config dataset's write plan (reads metadata and, for LeRobot, the first episode)."""
+    return {ds.name: _plan(cfg, artifact, ds) for ds in cfg.datasets}
+
+
+def prepare_staging(plans: dict[str, "DatasetPlan"], staging: Path) -> None:
+    """The directories the shard writers write into."""
+    for plan in plans.values():
+        (Path(staging) / plan.rel_dir / _RECEIPTS).mkdir(parents=True)
+
+
+def finish_datasets(cfg: Config, artifact: Artifact, plans: dict[str, "DatasetPlan"],
+                    staging: Path) -> dict[str, dict[str, int]]:
+    """After ``WriteNormalized`` ran: check each dataset's receipts and write its TFDS metadata;
+    returns the episodes written per dataset and output split."""
+    return {ds.name: _finish_dataset(cfg, ds, plans[ds.name], Path(staging), artifact) for ds in cfg.datasets}
 
 
 def _finish_dataset(cfg: Config, ds: DatasetConfig, plan: DatasetPlan, staging: Path,
@@ -357,5 +383,5 @@ def _write_manifest(cfg: Config, artifact: Artifact, plans: dict[str, DatasetPla
     (staging / MANIFEST_FILE).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-__all__ = ["MANIFEST_FILE", "DatasetPlan", "NormalizeResult", "WriteJob", "WriteShardsFn", "check_fresh",
-           "run_normalize"]
+__all__ = ["MANIFEST_FILE", "DatasetPlan", "NormalizeResult", "WriteJob", "WriteNormalized", "WriteShardsFn",
+           "check_fresh", "finish_datasets", "plan_datasets", "prepare_staging", "run_normalize"]

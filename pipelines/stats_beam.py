@@ -136,6 +136,21 @@ class ReadTaskFn(beam.DoFn):
         yield key
 
 
+class ReadIntoCache(beam.PTransform):
+    """Stage 1 of ``stepnorm stats`` as a PTransform: ``(cache key, ReadTask)`` pairs -> the keys
+    whose values were written to the values cache at ``cache_root`` (``ReadTaskFn``), spread over
+    the workers; with ``receipts``, one receipt file per read task (counts in == counts out)."""
+
+    def __init__(self, cfg: Config, cache_root: str, receipts: str | None = None):
+        super().__init__()
+        self.cfg, self.cache_root, self.receipts = cfg, cache_root, receipts
+
+    def expand(self, tasks):
+        return (tasks
+                | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(ReadTaskFn(self.cfg, self.cache_root, self.receipts)))
+
+
 def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: str,
                 log=print) -> dict[str, tuple[int, int]]:
     """Run the Beam pipeline that reads ``items`` ((cache key, ReadTask) pairs) into the cache.
@@ -153,8 +168,7 @@ def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: 
         run_beam(beam_args, lambda p: (
             p
             | "Tasks" >> beam.Create(items)
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadTaskFn(cfg, cache_root, receipts))
+            | "ReadIntoCache" >> ReadIntoCache(cfg, cache_root, receipts)
         ))
         read = _check_receipts(by_name, tasks, receipts, submitted, time.time(), log)
         cache = ValuesCache(cache_root)
@@ -341,4 +355,4 @@ def _relayed_errors_kept_out():
         root.removeFilter(relayed)
 
 
-__all__ = ["ReadTaskFn", "make_pipeline_options", "read_values", "run_beam", "task_key"]
+__all__ = ["ReadIntoCache", "ReadTaskFn", "make_pipeline_options", "read_values", "run_beam", "task_key"]

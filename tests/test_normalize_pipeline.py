@@ -277,6 +277,34 @@ def test_writer_library_reproduces_the_written_bytes_without_beam(sample_run):
     assert int(proc.stdout.strip().splitlines()[-1]) > 10
 
 
+def test_write_normalized_in_a_pipeline_of_ones_own(sample_run, tmp_path):
+    """stepnorm.beam's plan_datasets -> WriteNormalized -> finish_datasets, composed by a user,
+    write the same shards and TFDS metadata as `stepnorm normalize` (which is built from them)."""
+    import apache_beam as beam
+    import tensorflow_datasets as tfds
+
+    from stepnorm.artifact import read_artifact
+    from stepnorm.beam import WriteNormalized, finish_datasets, plan_datasets, prepare_staging
+    from stepnorm.config import load_config
+
+    cfg = load_config(sample_run / "sample" / "config.yaml")
+    artifact = read_artifact(sample_run / "stats")
+    plans = plan_datasets(cfg, artifact)
+    prepare_staging(plans, tmp_path)
+    with beam.Pipeline() as p:
+        _ = p | WriteNormalized(cfg, artifact, plans, str(tmp_path))
+    written = finish_datasets(cfg, artifact, plans, tmp_path)
+    manifest = json.loads((sample_run / "out" / "MANIFEST.json").read_text())
+    for name, plan in plans.items():
+        assert sum(written[name].values()) == manifest["datasets"][name]["episodes"]
+        ours = sorted((tmp_path / plan.rel_dir).glob("*.tfrecord-*"))
+        theirs = sorted((sample_run / "out" / plan.rel_dir).glob("*.tfrecord-*"))
+        assert [f.name for f in ours] == [f.name for f in theirs] and ours
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
+        builder = tfds.builder_from_directory(str(tmp_path / plan.rel_dir))
+        assert builder.info.splits["train"].num_examples == written[name]["train"]
+
+
 def test_delta_per_dataset_unclipped_and_short_episodes(sample_run, tmp_path):
     """Delta actions, per-dataset statistics, H longer than some episodes, no clipping: all invert."""
     delta = [True, True, True, False, False, False, False]

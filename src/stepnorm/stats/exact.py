@@ -27,6 +27,8 @@ How, in bounded memory and independent of how the data was split:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -372,7 +374,7 @@ def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, Data
             for src, _ in plan.target.members:
                 wanted.setdefault(src, []).append(edges)
         source_edges = {src: np.unique(np.concatenate(e)) for src, e in wanted.items()}
-        lt, le = _count_pass(source_edges, refs)
+        lt, le = _passes().count(source_edges, refs)
         for plan in open_plans:
             for qi, st in enumerate(plan.state):
                 if st != "todo":
@@ -393,7 +395,7 @@ def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, Data
                 for src, _ in plan.target.members:
                     intervals.setdefault(src, set()).add((lo, hi))
     if intervals:
-        collected = _collect_pass({s: sorted(v) for s, v in intervals.items()}, refs)
+        collected = _passes().collect({s: sorted(v) for s, v in intervals.items()}, refs)
         for plan in plans:
             for qi, st in enumerate(plan.state):
                 if st == "collect":
@@ -402,6 +404,39 @@ def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, Data
                                      for src, mult in plan.target.members])
     for plan in plans:
         plan.target.result = plan.answer
+
+
+class LocalPasses:
+    """The passes over the data, in this process: each ``DataRef``'s episodes read again."""
+
+    @staticmethod
+    def count(source_edges: dict[Source, np.ndarray], refs: dict[int, DataRef]):
+        """Per source cell and edge: exact counts of entries ``< edge`` and ``<= edge``."""
+        return _count_pass(source_edges, refs)
+
+    @staticmethod
+    def collect(intervals: dict[Source, list[tuple[float, float]]], refs: dict[int, DataRef]):
+        """Per source cell and open interval: the entries strictly inside it."""
+        return _collect_pass(intervals, refs)
+
+
+_PASSES: contextvars.ContextVar = contextvars.ContextVar("stepnorm_data_passes", default=None)
+
+
+@contextlib.contextmanager
+def data_passes(runner):
+    """Run the exact-quantile passes of ``resolve`` through ``runner`` (an object with ``count``
+    and ``collect`` as ``LocalPasses`` has) instead of reading each DataRef's episodes here:
+    stepnorm.beam runs them as Beam stages."""
+    token = _PASSES.set(runner)
+    try:
+        yield runner
+    finally:
+        _PASSES.reset(token)
+
+
+def _passes():
+    return _PASSES.get() or LocalPasses
 
 
 def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
