@@ -51,8 +51,7 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 
 from stepnorm import __version__, outputs
-from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, Artifact, read_artifact
-from stepnorm.compute import staleness
+from stepnorm.artifact import ACCUMULATOR_DIR, SAMPLE_DIR, Artifact, read_artifact, staleness
 from stepnorm.config import Config, DatasetConfig, check_output_names, output_split_name
 from stepnorm.errors import ConfigError, InputDataError, StaleArtifactError
 from stepnorm.paths import is_remote

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from stepnorm import outputs
-from stepnorm.artifact import STATS_FILE, fill_artifact
-from stepnorm.compute import accumulator_spec, artifact_from_accumulators
+from stepnorm.artifact import STATS_FILE, artifact_from_accumulators, fill_artifact
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError
 from stepnorm.samples import DatasetSample
@@ -53,7 +52,7 @@ def accumulate_values(cfg: Config, ds, cache: ValuesCache, keys: list[str]) -> t
         for raw in cache.episodes(keys, ds.name):
             yield apply_transforms(raw, transforms) if transforms else raw
 
-    acc, sample = ChunkStatsAccumulator(accumulator_spec(cfg), ds.name), DatasetSample()
+    acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
     for ep in episodes():
         acc.add_episode(ep.action, ep.state, source=ep.source)
         sample.add_episode(ds.name, ep.index, ep.action, ep.state, ep.images)

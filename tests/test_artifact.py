@@ -9,7 +9,7 @@ from gen import make_episodes
 from reference import chunk_entries, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, fingerprint, read_artifact, write_artifact
-from stepnorm.compute import accumulate, artifact_from_accumulators
+from stepnorm.artifact import accumulate, artifact_from_accumulators
 from stepnorm.config import parse_config
 from stepnorm.errors import ArtifactError, InputDataError
 from stepnorm.normalize import Normalizer
@@ -135,3 +135,19 @@ def test_empty_dataset_and_dim_mismatch_are_input_errors(tmp_path):
     accs["real"] = accumulate(cfg, "real", _episodes("real", 3, dim=5))
     with pytest.raises(InputDataError, match="dims differ across datasets"):
         artifact_from_accumulators(cfg, accs, {"sim": "a", "real": "b"})
+
+
+def test_statistics_config_covers_the_accumulator_spec(tmp_path):
+    """What the fingerprint says the statistics depend on is the accumulator spec plus the quantiles."""
+    import dataclasses
+
+    from stepnorm.config import parse_config
+
+    cfg = parse_config({"horizon": 6, "delta_mask": [True, False], "sketch_k": 64, "quantiles": [0.01, 0.05, 0.99],
+                        "datasets": [{"name": "d", "format": "rlds", "path": str(tmp_path), "action_key": "action"}]},
+                       base_dir=tmp_path)
+    spec = dataclasses.asdict(cfg.accumulator_spec())
+    stats_cfg = cfg.statistics_config()
+    assert set(stats_cfg) == set(spec) | {"quantiles"}
+    assert all(stats_cfg[k] == (list(v) if isinstance(v, tuple) else v) for k, v in spec.items())
+    assert stats_cfg["quantiles"] == [0.01, 0.05, 0.99]

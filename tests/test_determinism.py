@@ -240,7 +240,7 @@ def test_cache_ls_rm_prune(datasets, tmp_path, capsys):
     old = time.time() - 3 * 86400
     for info in list(cache.glob("values/*/*.json"))[:3]:
         os.utime(info, (old, old))
-    leftover = next(cache.glob("values/*/")) / ".abc.npz.tmp-dead"  # as a killed run leaves it
+    leftover = next(cache.glob("values/*/")) / ".abc.npz.k1ll3d.tmp"  # as a killed run leaves it (outputs.write_atomic)
     leftover.write_bytes(b"x")
     os.utime(leftover, (old, old))
     assert main(["cache", "prune", "--older-than", "1", "--cache", str(cache)]) == 0

@@ -18,7 +18,7 @@ from reference import RANK_TOL, chunks, rank_error, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
 from stepnorm.cli import main
-from stepnorm.compute import accumulate, artifact_from_accumulators
+from stepnorm.artifact import accumulate, artifact_from_accumulators
 from stepnorm.config import parse_config
 from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.exporters import ExportError, run_export

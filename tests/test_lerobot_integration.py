@@ -30,7 +30,7 @@ import torch
 from lerobot_env.plain_reference import Reference, pick_frames, read_episodes
 from reference import chunk_at
 from stepnorm.artifact import write_artifact
-from stepnorm.compute import accumulate, artifact_from_accumulators
+from stepnorm.artifact import accumulate, artifact_from_accumulators
 from stepnorm.config import parse_config
 from stepnorm.integrations import lerobot as sn
 from stepnorm.sources.base import Episode

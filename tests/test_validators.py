@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from stepnorm.artifact import read_artifact, write_artifact
-from stepnorm.compute import accumulate, artifact_from_accumulators
+from stepnorm.artifact import accumulate, artifact_from_accumulators
 from stepnorm.config import parse_config
 from stepnorm.errors import ConfigError
 from stepnorm.samples import DatasetSample

@@ -2,13 +2,13 @@
 
 The artifact's fingerprint covers the resolved config (less its gate-only sections) and every
 dataset's fingerprint (file identities, metadata, transforms, statistics config);
-``stepnorm.compute.staleness`` recomputes it from the current config without reading data. On a mismatch, the findings name what changed: which
+``stepnorm.artifact.staleness`` recomputes it from the current config without reading data. On a mismatch, the findings name what changed: which
 datasets, and which top-level config keys.
 """
 
 from __future__ import annotations
 
-from stepnorm.compute import staleness
+from stepnorm.artifact import staleness
 from stepnorm.validators.base import Finding, ValidationContext, validator
 
 

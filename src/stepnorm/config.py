@@ -19,6 +19,7 @@ from stepnorm import schemas
 from stepnorm.errors import ConfigError
 from stepnorm.normalize import Decision, resolve_decision
 from stepnorm.paths import is_remote
+from stepnorm.stats.accumulator import AccumulatorSpec
 from stepnorm.stats.combine import quantile_key
 from stepnorm.stats.exact import DEFAULT_SAMPLE_K as DEFAULT_SKETCH_K
 
@@ -135,10 +136,16 @@ class Config:
         spec = self.normalization.get("action", NormSpec())
         return resolve_decision(spec.per_timestep, self.delta_mask)
 
+    def accumulator_spec(self) -> AccumulatorSpec:
+        """What the accumulators compute (horizon, delta_mask, sample size)."""
+        return AccumulatorSpec(self.horizon, None if self.delta_mask is None else tuple(self.delta_mask), self.sketch_k)
+
     def statistics_config(self) -> dict:
-        """What the statistics depend on (part of every dataset's cache key)."""
-        return {"horizon": self.horizon, "quantiles": self.quantiles, "delta_mask": self.delta_mask,
-                "sketch_k": self.sketch_k}
+        """What the statistics depend on (part of every dataset's fingerprint): the accumulator
+        spec's fields and the quantiles, which are selected from the accumulated data."""
+        spec = self.accumulator_spec()
+        return {"horizon": spec.horizon, "delta_mask": None if spec.delta_mask is None else list(spec.delta_mask),
+                "sketch_k": spec.sketch_k, "quantiles": self.quantiles}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stepnorm import blobs
+
 DEFAULT_MAX_STEPS = 4096
 DEFAULT_MAX_IMAGES = 16
 FORMAT_VERSION = 1
@@ -165,7 +167,7 @@ class DatasetSample:
         return self
 
     def to_bytes(self) -> bytes:
-        arrays = {"version": np.asarray(FORMAT_VERSION), "limits": np.asarray([self.max_steps, self.max_images]),
+        arrays = {"limits": np.asarray([self.max_steps, self.max_images]),
                   "num_steps_seen": np.asarray(self.num_steps_seen), "priority": self.priority}
         if self.action is not None:
             arrays["action"] = self.action
@@ -175,24 +177,19 @@ class DatasetSample:
             frames = self.images[key]
             arrays[f"image{i}.key"] = np.asarray(key)
             arrays[f"image{i}.priority"] = self.image_priority[key]
-            arrays[f"image{i}.lengths"] = np.asarray([len(f) for f in frames], np.int64)
-            arrays[f"image{i}.data"] = np.frombuffer(b"".join(frames), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+            arrays.update(blobs.ragged_bytes(f"image{i}", frames))
+        return blobs.pack(arrays, FORMAT_VERSION)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "DatasetSample":
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        with blobs.unpack(blob, FORMAT_VERSION, "validators' sample") as z:
             max_steps, max_images = (int(x) for x in z["limits"])
             out = cls(max_steps, max_images, int(z["num_steps_seen"]), z["priority"].copy(),
                       z["action"].copy() if "action" in z else None, z["state"].copy() if "state" in z else None)
             i = 0
             while f"image{i}.key" in z:
                 key = str(z[f"image{i}.key"])
-                data = z[f"image{i}.data"].tobytes()
-                offsets = np.concatenate([[0], np.cumsum(z[f"image{i}.lengths"])])
-                out.images[key] = [data[offsets[j]:offsets[j + 1]] for j in range(len(offsets) - 1)]
+                out.images[key] = blobs.split_ragged_bytes(z, f"image{i}")
                 out.image_priority[key] = z[f"image{i}.priority"].copy()
                 i += 1
         return out

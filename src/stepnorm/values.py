@@ -25,18 +25,17 @@ corrupt entry. Nothing is evicted except by ``stepnorm cache rm`` / ``stepnorm c
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from stepnorm import blobs
 from stepnorm.errors import CacheError
+from stepnorm.outputs import write_atomic
 from stepnorm.samples import _frame_bytes
 from stepnorm.sources.base import Episode
 
@@ -66,7 +65,6 @@ class TaskValues:
         eps = self.episodes
         image_keys = sorted({k for ep in eps for k in ep.images})
         arrays = {
-            "version": np.asarray(FORMAT_VERSION),
             "lengths": np.asarray([ep.length for ep in eps], np.int64),
             "indices": np.asarray([ep.index for ep in eps], np.int64),
             "sources": np.asarray([str(ep.source) for ep in eps], dtype=str),
@@ -80,22 +78,8 @@ class TaskValues:
                 arrays[f"s{i}"] = np.asarray(ep.state)
         for j, key in enumerate(image_keys):
             frames = [_frame_bytes(ep.images[key][0]) if ep.images.get(key) else b"" for ep in eps]
-            arrays[f"img{j}.lengths"] = np.asarray([len(f) for f in frames], np.int64)
-            arrays[f"img{j}.data"] = np.frombuffer(b"".join(frames), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            arrays.update(blobs.ragged_bytes(f"img{j}", frames))
+        return blobs.pack(arrays, FORMAT_VERSION)
 
 
 class ValuesCache:
@@ -114,10 +98,10 @@ class ValuesCache:
     def write(self, key: str, values: TaskValues, dataset: str, locator: str) -> None:
         """Store one task's values (atomically, with a checksum trailer); Beam workers call this."""
         payload = values.to_bytes()
-        _atomic_write(self.path(key), payload + TRAILER + hashlib.sha256(payload).digest())
+        write_atomic(self.path(key), blobs.seal(payload, TRAILER))
         info = {"dataset": dataset, "file": locator, "episodes": len(values.episodes),
                 "steps": int(sum(ep.length for ep in values.episodes)), "bytes": len(payload)}
-        _atomic_write(self.path(key).with_suffix(".json"), json.dumps(info).encode())
+        write_atomic(self.path(key).with_suffix(".json"), json.dumps(info).encode())
 
     def read(self, key: str) -> bytes:
         """An entry's payload, checksum verified; marks the entry as used."""
@@ -126,12 +110,10 @@ class ValuesCache:
             blob = path.read_bytes()
         except OSError as exc:
             raise _corrupt(path, f"cannot read ({exc.strerror})") from None
-        cut = len(blob) - len(TRAILER) - 32
-        if cut < 0 or blob[cut:cut + len(TRAILER)] != TRAILER:
-            raise _corrupt(path, "no checksum trailer (truncated or not a stepnorm values file)")
-        payload = blob[:cut]
-        if hashlib.sha256(payload).digest() != blob[cut + len(TRAILER):]:
-            raise _corrupt(path, "checksum mismatch")
+        try:
+            payload = blobs.unseal(blob, TRAILER)
+        except ValueError as exc:
+            raise _corrupt(path, str(exc)) from None
         info = path.with_suffix(".json")
         if info.exists():
             os.utime(info)
@@ -140,7 +122,7 @@ class ValuesCache:
     def counts(self, key: str, dataset: str) -> tuple[int, int]:
         """(episodes, steps) the entry ``key`` holds (read from its episode lengths only)."""
         try:
-            with np.load(io.BytesIO(self.read(key)), allow_pickle=False) as z:
+            with blobs.unpack(self.read(key), FORMAT_VERSION, "values") as z:
                 lengths = z["lengths"]
                 return int(len(lengths)), int(lengths.sum())
         except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
@@ -151,15 +133,11 @@ class ValuesCache:
         file order; images hold the one frame per key the validators' sample may use."""
         for key in keys:
             try:
-                with np.load(io.BytesIO(self.read(key)), allow_pickle=False) as z:
-                    if int(z["version"]) != FORMAT_VERSION:
-                        raise ValueError(f"format version {int(z['version'])} is not {FORMAT_VERSION}")
+                with blobs.unpack(self.read(key), FORMAT_VERSION, "values") as z:
                     sources, indices = z["sources"], z["indices"]
                     frames = {}
                     for j, image_key in enumerate(z["image_keys"]):
-                        data = z[f"img{j}.data"].tobytes()
-                        offsets = np.concatenate([[0], np.cumsum(z[f"img{j}.lengths"])])
-                        frames[str(image_key)] = [data[offsets[e]:offsets[e + 1]] for e in range(len(offsets) - 1)]
+                        frames[str(image_key)] = blobs.split_ragged_bytes(z, f"img{j}")
                     for e in range(len(z["lengths"])):
                         images = {k: [f[e]] for k, f in frames.items() if f[e]}
                         yield Episode(dataset, str(sources[e]), int(indices[e]), z[f"a{e}"],
@@ -268,7 +246,7 @@ def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_
         cache.remove(e["key"])
     freed = sum(e["bytes"] for e in gone)
     # Half-written files of killed runs (never read: entries are renamed into place when complete).
-    for tmp in cache.values_dir.glob("*/.*.tmp-*"):
+    for tmp in cache.values_dir.glob("*/.*.tmp"):  # outputs.write_atomic names them .<name>.<random>.tmp
         try:
             if now - tmp.stat().st_mtime > 3600:
                 freed += tmp.stat().st_size

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 from stepnorm.artifact import Artifact, artifact_fingerprint, read_artifact
-from stepnorm.compute import staleness
+from stepnorm.artifact import staleness
 from stepnorm.config import load_config
 from stepnorm.errors import ArtifactError, StaleArtifactError
 from stepnorm.exporters import lerobot, octo, openpi, robomimic

@@ -12,18 +12,17 @@ per-cell loop runs once per ~1M buffered values, not per step, episode or chunk 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from stepnorm import chunks
+from stepnorm import blobs, chunks
 from stepnorm.errors import InputDataError, NonFiniteError
 from stepnorm.stats.moments import Moments
 from stepnorm.stats.exact import DEFAULT_SAMPLE_K, SampleGrid
 
 FLUSH_VALUES = 1 << 20
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class CellGroup:
@@ -198,7 +197,6 @@ class ChunkStatsAccumulator:
         """A self-contained binary form (npz; no pickle)."""
         self.flush()
         arrays = {
-            "version": np.asarray(FORMAT_VERSION),
             "horizon": np.asarray(self.spec.horizon),
             "sketch_k": np.asarray(self.spec.sketch_k),
             "delta_mask": np.asarray(self.spec.delta_mask if self.spec.delta_mask is not None else [], bool),
@@ -212,9 +210,7 @@ class ChunkStatsAccumulator:
             for field, value in group.moments.to_arrays().items():
                 arrays[f"{key}.{field}"] = value
             arrays.update(group.samples.to_arrays(key))
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return blobs.pack(arrays, FORMAT_VERSION)
 
     def __reduce__(self):
         # One compact, versioned form for pickling (Beam) and for files.
@@ -222,9 +218,7 @@ class ChunkStatsAccumulator:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "ChunkStatsAccumulator":
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            if int(z["version"]) != FORMAT_VERSION:
-                raise ValueError(f"accumulator format version {int(z['version'])} is not {FORMAT_VERSION}")
+        with blobs.unpack(blob, FORMAT_VERSION, "accumulator") as z:
             delta_mask = tuple(bool(x) for x in z["delta_mask"]) if bool(z["has_delta_mask"]) else None
             spec = AccumulatorSpec(int(z["horizon"]), delta_mask, int(z["sketch_k"]))
             acc = cls(spec, str(z["name"]))

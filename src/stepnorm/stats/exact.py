@@ -36,6 +36,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from stepnorm import blobs
+
 DEFAULT_SAMPLE_K = 2000
 SCAN_FLUSH_VALUES = 1 << 20
 
@@ -145,21 +147,18 @@ class SampleGrid:
         return SampleGrid(self.shape, self.k, [s.copy() for s in self.samples])
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {
-            f"{prefix}.sample_lengths": np.asarray([len(s.values) for s in self.samples], np.int64),
-            f"{prefix}.sample_truncated": np.asarray([s.truncated for s in self.samples], bool),
-            f"{prefix}.sample_values": np.concatenate([s.values for s in self.samples] + [np.zeros(0)]),
-            f"{prefix}.sample_counts": np.concatenate([s.counts for s in self.samples] + [np.zeros(0, np.int64)]),
-        }
+        arrays = blobs.ragged(f"{prefix}.sample", [s.values for s in self.samples])
+        arrays[f"{prefix}.sample.counts"] = np.concatenate([s.counts for s in self.samples] + [np.zeros(0, np.int64)])
+        arrays[f"{prefix}.sample.truncated"] = np.asarray([s.truncated for s in self.samples], bool)
+        return arrays
 
     @classmethod
     def from_arrays(cls, shape, k: int, z, prefix: str) -> "SampleGrid":
-        lengths = z[f"{prefix}.sample_lengths"]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        values, counts, trunc = z[f"{prefix}.sample_values"], z[f"{prefix}.sample_counts"], z[f"{prefix}.sample_truncated"]
-        samples = [DistinctSample(k, values[offsets[i]:offsets[i + 1]], counts[offsets[i]:offsets[i + 1]], bool(trunc[i]))
-                   for i in range(len(lengths))]
-        return cls(shape, k, samples)
+        values = blobs.split_ragged(z, f"{prefix}.sample")
+        counts = blobs.split_ragged({f"{prefix}.sample.lengths": z[f"{prefix}.sample.lengths"],
+                                     f"{prefix}.sample.data": z[f"{prefix}.sample.counts"]}, f"{prefix}.sample")
+        trunc = z[f"{prefix}.sample.truncated"]
+        return cls(shape, k, [DistinctSample(k, v, c, bool(t)) for v, c, t in zip(values, counts, trunc)])
 
 
 # -- exact selection ------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""The one binary format of stepnorm's blobs: accumulators, validators' samples, values-cache entries.
+
+A blob is an ``.npz`` archive (numpy, never pickle) holding a ``version`` entry and named arrays;
+variable-length parts (a cell's sample values, encoded image frames) are stored as one ``.data``
+array with their ``.lengths``. A blob stored on its own (a values-cache entry) is sealed with a
+sha256 trailer, so truncation and corruption are detected before the archive is opened.
+Numpy only: the statistics core uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["pack", "ragged", "ragged_bytes", "seal", "split_ragged", "split_ragged_bytes", "unpack", "unseal"]
+
+
+def pack(arrays: Mapping[str, np.ndarray], version: int) -> bytes:
+    """``arrays`` and ``version`` as one blob."""
+    buf = io.BytesIO()
+    np.savez(buf, version=np.asarray(version), **arrays)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def unpack(blob: bytes, version: int, what: str) -> Iterator:
+    """The arrays of a blob (a read-only mapping, open inside the ``with``); ValueError when it is not
+    a blob of ``version`` (``what`` names the kind in the message)."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        got = int(z["version"]) if "version" in z.files else None
+        if got != version:
+            raise ValueError(f"{what} format version {got} is not {version}")
+        yield z
+
+
+def ragged(prefix: str, parts: Sequence[np.ndarray], dtype=np.float64) -> dict[str, np.ndarray]:
+    """Variable-length 1-D ``parts`` as ``{prefix}.lengths`` and ``{prefix}.data``."""
+    return {f"{prefix}.lengths": np.asarray([len(p) for p in parts], np.int64),
+            f"{prefix}.data": np.concatenate([np.asarray(p, dtype) for p in parts] + [np.zeros(0, dtype)])}
+
+
+def split_ragged(z: Mapping[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    """The parts ``ragged`` stored, in order."""
+    data = z[f"{prefix}.data"]
+    offsets = np.concatenate([[0], np.cumsum(z[f"{prefix}.lengths"])]).astype(np.int64)
+    return [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def ragged_bytes(prefix: str, parts: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Byte strings (e.g. encoded frames) as ``ragged`` uint8 parts."""
+    return ragged(prefix, [np.frombuffer(p, np.uint8) for p in parts], np.uint8)
+
+
+def split_ragged_bytes(z: Mapping[str, np.ndarray], prefix: str) -> list[bytes]:
+    return [part.tobytes() for part in split_ragged(z, prefix)]
+
+
+def seal(payload: bytes, tag: bytes) -> bytes:
+    """``payload`` with a trailer: ``tag`` and the payload's sha256."""
+    return payload + tag + hashlib.sha256(payload).digest()
+
+
+def unseal(blob: bytes, tag: bytes) -> bytes:
+    """The payload of a sealed blob; ValueError (the reason) when the trailer is missing or wrong."""
+    cut = len(blob) - len(tag) - 32
+    if cut < 0 or blob[cut:cut + len(tag)] != tag:
+        raise ValueError("no checksum trailer (truncated or not a stepnorm file)")
+    payload = blob[:cut]
+    if hashlib.sha256(payload).digest() != blob[cut + len(tag):]:
+        raise ValueError("checksum mismatch")
+    return payload
