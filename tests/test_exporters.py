@@ -10,10 +10,10 @@ import json
 import warnings
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from gen import make_episodes
+from lerobot_env.plain_reference import read_episodes
 from reference import RANK_TOL, chunks, rank_error, two_pass
 
 from stepnorm.artifact import artifact_fingerprint, read_artifact, write_artifact
@@ -31,17 +31,7 @@ H = 10
 # -- data and artifacts -----------------------------------------------------------------------------
 def read_lerobot_episodes(root, action_key="action", state_key="observation.state"):
     """``[(action [T, D], state [T, Ds])]`` straight from the parquet files, grouped by episode_index."""
-    episodes = []
-    for f in sorted(root.glob("data/chunk-*/*.parquet")):
-        table = pq.read_table(f, columns=[action_key, state_key, "episode_index", "frame_index"]).to_pydict()
-        action = np.array(table[action_key], np.float64)
-        state = np.array(table[state_key], np.float64)
-        ep_index, frame = np.array(table["episode_index"]), np.array(table["frame_index"])
-        for ep in np.unique(ep_index):
-            rows = np.flatnonzero(ep_index == ep)
-            rows = rows[np.argsort(frame[rows], kind="stable")]
-            episodes.append((action[rows], state[rows]))
-    return episodes
+    return read_episodes(root, action_key, state_key)
 
 
 def build_artifact(out_dir, datasets, horizon=H, **config):
