@@ -116,9 +116,8 @@ class WriteShardsFn(beam.DoFn):
 
     def setup(self):
         artifact = Artifact(self.artifact_doc)
-        by_name = {ds.name: ds for ds in self.cfg.datasets}
-        self.by_name = by_name
-        self.encoders = {name: ExampleEncoder(by_name[name], EpisodeNormalizer.build(self.cfg, artifact, name),
+        self.by_name = {ds.name: ds for ds in self.cfg.datasets}
+        self.encoders = {name: ExampleEncoder(self.by_name[name], EpisodeNormalizer.build(self.cfg, artifact, name),
                                               plan.features_json, plan.added_json, plan.lerobot_layout)
                          for name, plan in self.plans.items()}
         self.progress = _progress_bar("normalizing")

@@ -15,9 +15,9 @@ pipeline. The numeric core is stepnorm.stats; this module only lays it out as Be
 
 Counts, min, max and quantiles are exact and identical to the in-process path for any runner,
 bundle split or episode order; moments are float64 Chan merges in the runner's merge order (equal
-to the in-process values to float64 rounding, ~1e-15 of the data's scale). ``stepnorm stats`` itself reads through Beam
-(stepnorm.pipelines.stats_beam.ReadIntoCache) and computes stage 2 in one canonical order, which
-makes its artifact bit-identical everywhere.
+to the in-process values to float64 rounding, ~1e-15 of the data's scale). ``stepnorm stats``
+itself reads through Beam (stepnorm.pipelines.stats_beam.ReadIntoCache) and computes stage 2 in
+one canonical order, which makes its artifact bit-identical everywhere.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ class _Replay:
         return lt, le
 
     def collect(self, intervals, refs):
-        self._named(intervals, refs)
         got = self._result(("collect", self._named(intervals, refs)))
         out = {}
         for src, ivs in intervals.items():

@@ -27,9 +27,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 # The entry groups of ``episode_entries`` (also the accumulator's serialized group names).
 HEAD, TAIL, DELTA, RAW, STATE = "head", "tail", "delta", "raw", "state"
-GROUPS = (HEAD, TAIL, DELTA, RAW, STATE)
 
-__all__ = ["DELTA", "GROUPS", "HEAD", "RAW", "STATE", "TAIL", "action_chunks", "chunk_index", "delta_dims",
+__all__ = ["DELTA", "HEAD", "RAW", "STATE", "TAIL", "action_chunks", "chunk_index", "delta_dims",
            "episode_entries", "group_shapes", "plain_dims", "position_members"]
 
 
@@ -123,4 +122,3 @@ def position_members(pos: int, horizon: int) -> list[tuple[str, int | None]]:
     """The groups whose union is chunk position ``pos`` of a plain dim: ``(TAIL, None)`` and
     ``(HEAD, j)`` for ``j`` in ``pos..H-2``."""
     return [(TAIL, None)] + [(HEAD, j) for j in range(pos, horizon - 1)]
-
