@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pack", "ragged", "ragged_bytes", "seal", "split_ragged", "split_ragged_bytes", "unpack", "unseal"]
+__all__ = ["pack", "ragged", "ragged_bytes", "seal", "split", "split_ragged", "split_ragged_bytes", "unpack", "unseal"]
 
 
 def pack(arrays: Mapping[str, np.ndarray], version: int) -> bytes:
@@ -43,11 +43,15 @@ def ragged(prefix: str, parts: Sequence[np.ndarray], dtype=np.float64) -> dict[s
             f"{prefix}.data": np.concatenate([np.asarray(p, dtype) for p in parts] + [np.zeros(0, dtype)])}
 
 
+def split(data: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """``data`` cut into consecutive parts of ``lengths``."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
 def split_ragged(z: Mapping[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     """The parts ``ragged`` stored, in order."""
-    data = z[f"{prefix}.data"]
-    offsets = np.concatenate([[0], np.cumsum(z[f"{prefix}.lengths"])]).astype(np.int64)
-    return [data[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return split(z[f"{prefix}.data"], z[f"{prefix}.lengths"])
 
 
 def ragged_bytes(prefix: str, parts: Sequence[bytes]) -> dict[str, np.ndarray]:

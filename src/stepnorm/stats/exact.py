@@ -154,9 +154,9 @@ class SampleGrid:
 
     @classmethod
     def from_arrays(cls, shape, k: int, z, prefix: str) -> "SampleGrid":
-        values = blobs.split_ragged(z, f"{prefix}.sample")
-        counts = blobs.split_ragged({f"{prefix}.sample.lengths": z[f"{prefix}.sample.lengths"],
-                                     f"{prefix}.sample.data": z[f"{prefix}.sample.counts"]}, f"{prefix}.sample")
+        lengths = z[f"{prefix}.sample.lengths"]  # the values' and the counts' (ragged: one per value)
+        values = blobs.split(z[f"{prefix}.sample.data"], lengths)
+        counts = blobs.split(z[f"{prefix}.sample.counts"], lengths)
         trunc = z[f"{prefix}.sample.truncated"]
         return cls(shape, k, [DistinctSample(k, v, c, bool(t)) for v, c, t in zip(values, counts, trunc)])
 
