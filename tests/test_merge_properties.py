@@ -156,6 +156,40 @@ def test_distinct_samples_merge_to_the_same_sample_in_any_split(values, n_parts,
         assert c == counts[np.searchsorted(uniq, v)]  # kept values carry their exact count
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, -0.0, 1.0, 2.5, float("nan")]) | st.floats(-50, 50, width=16),
+                         min_size=3, max_size=3), min_size=1, max_size=200),
+       st.integers(1, 40), st.sampled_from([1, 2, 3, 8, 64]), st.sampled_from([1, 7, 1 << 16]))
+def test_sample_grid_equals_each_cells_own_sample(rows, n_batches, k, consolidate_min):
+    """SampleGrid's bulk update (thresholds, buffered candidates, bulk merges at any buffer size)
+    gives, per cell, exactly the DistinctSample of that cell's values (NaN = no value), and so do
+    its merge and serialized form, however the rows are batched and the grids merged."""
+    from stepnorm.stats.exact import DistinctSample, SampleGrid
+
+    data = np.asarray(rows, np.float64).reshape(len(rows), 3)
+    old_min = SampleGrid.CONSOLIDATE_MIN
+    SampleGrid.CONSOLIDATE_MIN = consolidate_min
+    try:
+        whole = SampleGrid((3,), k)
+        for batch in np.array_split(data, n_batches):
+            whole.update(batch)
+        halves = [SampleGrid((3,), k), SampleGrid((3,), k)]
+        for i, batch in enumerate(np.array_split(data, max(2, n_batches))):
+            halves[i % 2].update(batch)
+        halves[1].merge(halves[0])
+    finally:
+        SampleGrid.CONSOLIDATE_MIN = old_min
+    for c in range(3):
+        col = data[:, c]
+        ref = DistinctSample(k)
+        ref.add(col[~np.isnan(col)])
+        for grid in (whole, halves[1], SampleGrid.from_arrays((3,), k, whole.to_arrays("g"), "g")):
+            got = grid.cell(c)
+            np.testing.assert_array_equal(got.values, ref.values)
+            np.testing.assert_array_equal(got.counts, ref.counts)
+            assert got.truncated == ref.truncated
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(0, len(EPISODES) - 1), min_size=0, max_size=12))
 def test_serialization_round_trip(indices):

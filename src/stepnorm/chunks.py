@@ -20,6 +20,7 @@ Two views of the same definition, used by everything that builds chunks:
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +41,12 @@ def delta_dims(delta_mask: Sequence[bool] | None) -> np.ndarray:
 def plain_dims(action_dim: int, delta_mask: Sequence[bool] | None) -> np.ndarray:
     """The action dims that hold stored actions in the chunk."""
     return np.setdiff1d(np.arange(action_dim), delta_dims(delta_mask))
+
+
+@functools.lru_cache(maxsize=64)
+def _dims(action_dim: int, delta_mask: tuple[bool, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(plain_dims, delta_dims)``, computed once per layout (episode_entries runs per episode)."""
+    return plain_dims(action_dim, delta_mask), delta_dims(delta_mask)
 
 
 def chunk_index(t_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +105,7 @@ def episode_entries(action: np.ndarray, state: np.ndarray | None, horizon: int,
     if t_len == 0:
         return out
     action = np.asarray(action, np.float64).reshape(t_len, -1)
-    plain, delta = plain_dims(action.shape[1], delta_mask), delta_dims(delta_mask)
+    plain, delta = _dims(action.shape[1], None if delta_mask is None else tuple(bool(x) for x in delta_mask))
     if len(plain):
         a = action[:, plain]
         head = np.full((1, horizon - 1, len(plain)), np.nan)

@@ -36,11 +36,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from stepnorm import blobs
 
 DEFAULT_SAMPLE_K = 2000
-SCAN_FLUSH_VALUES = 1 << 20
+SCAN_FLUSH_VALUES = 1 << 22
 
+_UINT64_MAX = np.iinfo(np.uint64).max
 _M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -124,41 +124,127 @@ class DistinctSample:
 
 
 class SampleGrid:
-    """One ``DistinctSample`` per cell of an array of cells (C order)."""
+    """One bottom-k ``DistinctSample`` per cell of an array of cells (C order), updated for all
+    cells at once.
 
-    def __init__(self, shape: tuple[int, ...], k: int, samples: list[DistinctSample] | None = None):
+    Stored flat, cell after cell, each cell's values sorted by hash (``values``, ``counts``,
+    ``hashes``, ``offsets [C+1]``, ``truncated [C]``). A batch costs a hash and a comparison per
+    entry: only entries whose hash does not exceed their cell's current ``k``-th smallest hash can
+    enter its sample; those are buffered and merged in bulk (sorted by cell and hash, equal values
+    summed, the first ``k`` per cell kept) once the buffer is about the size of the samples. A
+    threshold is never below the final one, so every entry of a value that ends up kept is
+    counted, and the result is the same as adding the cells' values one by one.
+    """
+
+    CONSOLIDATE_MIN = 1 << 16  # buffered entries before a bulk merge (at least; see _buffer)
+
+    def __init__(self, shape: tuple[int, ...], k: int, values=None, counts=None, lengths=None, truncated=None):
         self.shape = tuple(shape)
         self.k = int(k)
-        n = int(np.prod(self.shape, dtype=np.int64))
-        self.samples = samples if samples is not None else [DistinctSample(k) for _ in range(n)]
+        self.cells = int(np.prod(self.shape, dtype=np.int64))
+        self.values = np.zeros(0) if values is None else np.asarray(values, np.float64)
+        self.counts = np.zeros(0, np.int64) if counts is None else np.asarray(counts, np.int64)
+        lengths = np.zeros(self.cells, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.truncated = np.zeros(self.cells, bool) if truncated is None else np.asarray(truncated, bool).copy()
+        self.hashes = value_hash(self.values)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_n = 0
+        self._set_thresholds()
+
+    def _set_thresholds(self) -> None:
+        lengths = np.diff(self.offsets)
+        full = lengths >= self.k
+        self._threshold = np.full(self.cells, _UINT64_MAX, np.uint64)
+        if self.k > 0 and full.any():
+            self._threshold[full] = self.hashes[self.offsets[:-1][full] + self.k - 1]
 
     def update(self, batch: np.ndarray) -> None:
         """Add ``batch [N, *shape]`` (NaN = no value in that cell)."""
-        flat = batch.reshape(batch.shape[0], -1)
-        for c, sample in enumerate(self.samples):
-            col = flat[:, c]
-            sample.add(col[~np.isnan(col)])
+        if batch.shape[0] == 0:
+            return
+        flat = batch.reshape(batch.shape[0], -1) + 0.0  # -0.0 is 0.0
+        valid = ~np.isnan(flat)
+        hashes = value_hash(flat)
+        keep = valid & (hashes <= self._threshold)
+        # A cell still filling with many entries in this batch: its batch's k-th smallest hash is a
+        # threshold too, once k distinct values lie at or below it (saves buffering them all).
+        for c in np.flatnonzero((self._threshold == _UINT64_MAX) & (keep.sum(axis=0) > 4 * self.k)):
+            col = hashes[:, c][keep[:, c]]
+            bound = np.partition(col, self.k - 1)[self.k - 1]
+            if len(np.unique(col[col <= bound])) >= self.k:
+                keep[:, c] &= hashes[:, c] <= bound
+        # A valid entry left out has a hash above k distinct values' of its cell: not in its sample.
+        self.truncated |= keep.sum(axis=0) < valid.sum(axis=0)
+        rows, cols = np.nonzero(keep)
+        if len(rows):
+            self._buffer(cols.astype(np.int64), hashes[rows, cols], flat[rows, cols], np.ones(len(rows), np.int64))
+
+    def _buffer(self, cells, hashes, values, counts) -> None:
+        self._pending.append((cells, hashes, values, counts))
+        self._pending_n += len(cells)
+        if self._pending_n >= max(2 * len(self.values), self.cells * min(self.k, 64), self.CONSOLIDATE_MIN):
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        if not self._pending:
+            return
+        lengths = np.diff(self.offsets)
+        parts = [(np.repeat(np.arange(self.cells), lengths), self.hashes, self.values, self.counts)] + self._pending
+        self._pending, self._pending_n = [], 0
+        cells, hashes, values, counts = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        # By cell, then hash: a stable sort by cell (radix for small ints) of the hash order.
+        order = np.argsort(hashes)
+        cell_dtype = np.uint16 if self.cells <= 1 << 16 else np.int64
+        order = order[np.argsort(cells[order].astype(cell_dtype), kind="stable")]
+        cells, hashes, values, counts = cells[order], hashes[order], values[order], counts[order]
+        # splitmix64 is a bijection of the bit patterns: equal (cell, hash) is equal (cell, value).
+        first = np.ones(len(cells), bool)
+        first[1:] = (cells[1:] != cells[:-1]) | (hashes[1:] != hashes[:-1])
+        starts = np.flatnonzero(first)
+        counts = np.add.reduceat(counts, starts) if len(starts) else counts[:0]
+        cells, hashes, values = cells[starts], hashes[starts], values[starts]
+        distinct = np.bincount(cells, minlength=self.cells)
+        self.truncated |= distinct > self.k
+        rank = np.arange(len(cells)) - (np.cumsum(distinct) - distinct)[cells]
+        kept = rank < self.k
+        self.values, self.counts, self.hashes = values[kept], counts[kept], hashes[kept]
+        self.offsets = np.concatenate([[0], np.cumsum(np.minimum(distinct, self.k))]).astype(np.int64)
+        self._set_thresholds()
 
     def merge(self, other: "SampleGrid") -> None:
-        for mine, theirs in zip(self.samples, other.samples):
-            mine.merge(theirs)
+        other._consolidate()
+        lengths = np.diff(other.offsets)
+        self.truncated |= other.truncated
+        if len(other.values):
+            self._buffer(np.repeat(np.arange(other.cells), lengths), other.hashes, other.values, other.counts)
+        self._consolidate()
+
+    def cell(self, c: int) -> DistinctSample:
+        """Cell ``c``'s sample."""
+        self._consolidate()
+        lo, hi = self.offsets[c], self.offsets[c + 1]
+        return DistinctSample(self.k, self.values[lo:hi], self.counts[lo:hi], bool(self.truncated[c]))
+
+    @property
+    def samples(self) -> list[DistinctSample]:
+        """Every cell's sample, in C order."""
+        return [self.cell(c) for c in range(self.cells)]
 
     def copy(self) -> "SampleGrid":
-        return SampleGrid(self.shape, self.k, [s.copy() for s in self.samples])
+        self._consolidate()
+        return SampleGrid(self.shape, self.k, self.values.copy(), self.counts.copy(), np.diff(self.offsets), self.truncated)
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        arrays = blobs.ragged(f"{prefix}.sample", [s.values for s in self.samples])
-        arrays[f"{prefix}.sample.counts"] = np.concatenate([s.counts for s in self.samples] + [np.zeros(0, np.int64)])
-        arrays[f"{prefix}.sample.truncated"] = np.asarray([s.truncated for s in self.samples], bool)
-        return arrays
+        self._consolidate()
+        return {f"{prefix}.sample.lengths": np.diff(self.offsets), f"{prefix}.sample.data": self.values.copy(),
+                f"{prefix}.sample.counts": self.counts.copy(), f"{prefix}.sample.truncated": self.truncated.copy()}
 
     @classmethod
     def from_arrays(cls, shape, k: int, z, prefix: str) -> "SampleGrid":
-        lengths = z[f"{prefix}.sample.lengths"]  # the values' and the counts' (ragged: one per value)
-        values = blobs.split(z[f"{prefix}.sample.data"], lengths)
-        counts = blobs.split(z[f"{prefix}.sample.counts"], lengths)
-        trunc = z[f"{prefix}.sample.truncated"]
-        return cls(shape, k, [DistinctSample(k, v, c, bool(t)) for v, c, t in zip(values, counts, trunc)])
+        # lengths are the values' and the counts' (ragged: one count per value)
+        return cls(shape, k, z[f"{prefix}.sample.data"], z[f"{prefix}.sample.counts"],
+                   z[f"{prefix}.sample.lengths"], z[f"{prefix}.sample.truncated"])
 
 
 # -- exact selection ------------------------------------------------------------------------------
@@ -213,7 +299,7 @@ class _Plan:
         for src, mult in target.members:
             group = refs[src.ref].acc.groups[src.group]
             self.n[self.col[src.ref]] += mult * int(group.moments.n.reshape(-1)[src.cell])
-            sample = group.samples.samples[src.cell]
+            sample = group.samples.cell(src.cell)
             samples.append((self.col[src.ref], sample, mult))
             self.complete &= not sample.truncated
         if target.weights is None:
@@ -439,7 +525,8 @@ def _passes():
 
 
 def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
-    """Call ``fn(source, values)`` with every valid entry of every wanted source cell, batched."""
+    """Call ``fn(source, values)`` with every valid entry of every wanted source cell, batched
+    (each batch's wanted cells transposed once, so a cell's values are contiguous)."""
     by_ref: dict[int, dict[str, list[Source]]] = {}
     for src in sources:
         by_ref.setdefault(src.ref, {}).setdefault(src.group, []).append(src)
@@ -454,9 +541,10 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
             batch = np.concatenate(pending[group], axis=0)
             pending[group], sizes[group] = [], 0
             flat = batch.reshape(batch.shape[0], -1)
-            for src in groups[group]:
-                col = flat[:, src.cell]
-                fn(src, col[~np.isnan(col)] + 0.0)
+            wanted = groups[group]
+            rows = np.ascontiguousarray(flat[:, [src.cell for src in wanted]].T)
+            for src, row in zip(wanted, rows):
+                fn(src, row[~np.isnan(row)] + 0.0)
 
         for episode in ref.episodes():
             action, state = episode if isinstance(episode, tuple) else (episode.action, episode.state)
@@ -477,9 +565,13 @@ def _count_pass(source_edges: dict[Source, np.ndarray], refs):
 
     def count(src, values):
         edges = source_edges[src]
-        # #edges <= v is i+1 for e_i <= v: v < e_i  <=>  searchsorted(edges, v, 'right') <= i
-        lt_hist[src] += np.bincount(np.searchsorted(edges, values, "right"), minlength=len(edges) + 1)
-        le_hist[src] += np.bincount(np.searchsorted(edges, values, "left"), minlength=len(edges) + 1)
+        if not len(edges):
+            return
+        # at = #edges < v, so v <= e_i iff at <= i; v < e_i iff at + (v == e_at) <= i (edges distinct)
+        at = np.searchsorted(edges, values)
+        equal = edges[np.minimum(at, len(edges) - 1)] == values
+        le_hist[src] += np.bincount(at, minlength=len(edges) + 1)
+        lt_hist[src] += np.bincount(at + equal, minlength=len(edges) + 1)
 
     _scan(refs, source_edges, count)
     lt = {s: np.cumsum(h)[:-1] for s, h in lt_hist.items()}
@@ -487,15 +579,31 @@ def _count_pass(source_edges: dict[Source, np.ndarray], refs):
     return lt, le
 
 
+def _segments(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float, list[tuple[float, float]]]]:
+    """Sorted open intervals joined where they overlap: ``(lo, hi, members)`` per segment."""
+    out: list[tuple[float, float, list]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi), out[-1][2] + [(lo, hi)])
+        else:
+            out.append((lo, hi, [(lo, hi)]))
+    return out
+
+
 def _collect_pass(intervals: dict[Source, list[tuple[float, float]]], refs):
     """Per source cell and open interval ``(lo, hi)``: the entries strictly inside it."""
     out = {s: {iv: [] for iv in ivs} for s, ivs in intervals.items()}
+    segments = {s: _segments(ivs) for s, ivs in intervals.items()}
 
     def collect(src, values):
-        for lo, hi in intervals[src]:
+        for lo, hi, members in segments[src]:
             inside = values[(values > lo) & (values < hi)]
-            if len(inside):
-                out[src][(lo, hi)].append(inside)
+            if not len(inside):
+                continue
+            for a, b in members:
+                part = inside if len(members) == 1 else inside[(inside > a) & (inside < b)]
+                if len(part):
+                    out[src][(a, b)].append(part)
 
     _scan(refs, intervals, collect)
     return {s: {iv: np.concatenate(parts) if parts else np.zeros(0) for iv, parts in ivs.items()}
