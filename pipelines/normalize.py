@@ -206,7 +206,8 @@ def _plan(cfg: Config, artifact: Artifact, ds: DatasetConfig) -> DatasetPlan:
     n_shards = max(1, min(expected, -(-est_bytes // LEROBOT_SHARD_BYTES)))
     sizes = tuple((i + 1) * expected // n_shards - i * expected // n_shards for i in range(n_shards))
     (out_split,) = splits  # config validation allows one split for LeRobot
-    job = WriteJob(ds.name, out_split, read_tasks(ds)[0], 0, sizes)
+    # One job reads the whole dataset (lerobot_episodes), so its task names the dataset directory.
+    job = WriteJob(ds.name, out_split, ReadTask(ds.name, ds.path), 0, sizes)
     return DatasetPlan(ds.name, f"{ds.name}/{LEROBOT_VERSION}", splits, features.to_json(), added.to_json(),
                        {k: list(v) for k, v in layout.items()}, [job], {out_split: expected})
 

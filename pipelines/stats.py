@@ -1,10 +1,12 @@
 """The statistics pipeline: data files -> values cache -> per-dataset accumulators -> mixture -> artifact.
 
-Stage 1 (Beam, only for datasets whose values are not cached) reads each read task once into the
-values cache (``stepnorm.values``; imported from ``stepnorm.pipelines.stats_beam`` only when
-something must be read). Stage 2 (local) computes every statistic from the cached values in one
-canonical order (tasks in order, episodes in file order), so the artifact is the same bytes (apart
-from ``created``) whatever the runner, the worker count, the bundle split or the cache state.
+Stage 1 (Beam, only for read tasks whose values are not cached) reads each read task (an RLDS
+shard read, a LeRobot data file) once into the values cache (``stepnorm.values``; imported from
+``stepnorm.pipelines.stats_beam`` only when something must be read). Stage 2 (local) computes
+every statistic from the cached values in one canonical order (tasks in order, episodes in file
+order; a LeRobot dataset's file entries assembled into its episodes, ``sources.cached_episodes``),
+so the artifact is the same bytes (apart from ``created``) whatever the runner, the worker count,
+the bundle split or the cache state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from stepnorm.artifact import STATS_FILE, artifact_from_accumulators, fill_artif
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError
 from stepnorm.samples import DatasetSample
-from stepnorm.sources import check_widths, dataset_fingerprint, read_tasks, task_values_keys
+from stepnorm.sources import (cached_episodes, check_widths, dataset_fingerprint, needed_tasks, read_tasks,
+                              task_values_keys)
 from stepnorm.sources.transforms import apply_transforms, build_transforms
 from stepnorm.stats import ChunkStatsAccumulator
 from stepnorm.values import ValuesCache
@@ -43,13 +46,14 @@ def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: V
     read_values(cfg, items, beam_args, str(cache.root), log)
 
 
-def accumulate_values(cfg: Config, ds, cache: ValuesCache, keys: list[str]) -> tuple[ChunkStatsAccumulator, DatasetSample]:
-    """One dataset's accumulator and validators' sample from its cached values (entries ``keys``
-    in task order), transforms applied; ``acc.data`` reads the values again (exact quantiles)."""
+def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list) -> tuple[ChunkStatsAccumulator, DatasetSample]:
+    """One dataset's accumulator and validators' sample from its cached values (``tasks``: its
+    (ReadTask, cache key) pairs in task order), transforms applied; ``acc.data`` reads the values
+    again (exact quantiles)."""
     transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
 
     def episodes():
-        for raw in cache.episodes(keys, ds.name):
+        for raw in cached_episodes(ds, tasks, cache):
             yield apply_transforms(raw, transforms) if transforms else raw
 
     acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
@@ -72,7 +76,11 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     with outputs.writing(out_dir, "stats", config_inputs(cfg)) as staging:
         out = staging.parent / Path(out_dir).resolve().name
         values = ValuesCache(cache)
-        tasks = {ds.name: task_values_keys(ds) for ds in cfg.datasets}
+        tasks = {}
+        for ds in cfg.datasets:
+            # a cached entry's steps (its file's rows, for max_frames); None: the file is to be read
+            steps = (lambda key, name=ds.name: None if force or not values.has(key) else values.counts(key, name)[1])
+            tasks[ds.name] = needed_tasks(ds, task_values_keys(ds), steps)
         fingerprints = {ds.name: dataset_fingerprint(cfg, ds) for ds in cfg.datasets}
         todo, seen = [], set()
         for ds in cfg.datasets:
@@ -82,13 +90,15 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
                     seen.add(key)
         read = [ds.name for ds in cfg.datasets if any(t.dataset == ds.name for _, t in todo)]
         status = {ds.name: "computed" if ds.name in read else "reused" for ds in cfg.datasets}
-        check_widths(cfg)  # masks and dim indices against the declared widths, before any work
+        # masks and dim indices against the declared widths, before any work (from the cache where
+        # the values are cached: a run that reads nothing opens no data file)
+        check_widths(cfg, cache=None if force else values)
         _warn_metadata(cfg, read)
         if todo:
             read_into_cache(cfg, todo, beam_args, values, log)
         accs, samples = {}, {}
         for ds in cfg.datasets:
-            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, [k for _, k in tasks[ds.name]])
+            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, tasks[ds.name])
         _check_counts(cfg, accs, read)
         doc = artifact_from_accumulators(cfg, accs, fingerprints)
         blob_keys = {name: f"{name}-{fingerprints[name]}" for name in accs}

@@ -1,8 +1,9 @@
 """The Beam side of the statistics pipeline: read tasks -> per-task numeric values in the cache.
 
-Read tasks (RLDS shard reads, LeRobot datasets) are spread over workers; each task's numeric
+Read tasks (RLDS shard reads, LeRobot data files) are spread over workers; each task's numeric
 values (actions, states before transforms, episode boundaries, one image frame per episode and
-camera for the validators) go to one entry of the values cache (``stepnorm.values``); the
+camera for the validators; a LeRobot file's episode parts) go to one entry of the values cache
+(``stepnorm.values``); the
 statistics are computed from those entries afterwards, in one canonical order, so they do not
 depend on the runner or on how Beam split the work. Kept apart from ``stepnorm.pipelines.stats``
 so a run whose datasets all come from the cache never imports Beam.

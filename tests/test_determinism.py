@@ -131,6 +131,7 @@ def _forbid_reading(monkeypatch):
 
     monkeypatch.setattr(rlds, "iter_shard_episodes", fail)
     monkeypatch.setattr(lerobot, "iter_lerobot_episodes", fail)
+    monkeypatch.setattr(lerobot, "iter_lerobot_file_episodes", fail)  # what a LeRobot read task reads
 
 
 CHANGES = {

@@ -2,25 +2,34 @@
 
 Statistics need only the numeric step fields (actions, states) and episode boundaries, a small
 part of an image dataset's bytes. The Beam stage writes them once per read task (an RLDS shard
-read; a LeRobot dataset); everything else (transforms, accumulators, exact quantiles, mixtures, the
-validators' sample) is computed from these entries, so changing the horizon, the ``delta_mask``,
-the quantiles, the weights or the weighting, a transform or its arguments, adding back a dataset
-or building another mixture of known datasets opens no data file, and a new or changed data file
-is the only one read.
+read; a LeRobot data file, ``data/chunk-*/*.parquet``); everything else (transforms, accumulators,
+exact quantiles, mixtures, the validators' sample) is computed from these entries, so changing the
+horizon, the ``delta_mask``, the quantiles, the weights or the weighting, a transform or its
+arguments, adding back a dataset or building another mixture of known datasets opens no data
+file, and a new or changed data file is the only one read.
+
+A LeRobot entry holds every row of its file, as the episode parts ``iter_lerobot_file_episodes``
+yields (a v3.0 episode may continue in the next file; ``max_frames`` is not applied to entries).
+``stepnorm.sources.cached_episodes`` assembles a dataset's entries into its episodes as reading the
+whole dataset does (``lerobot.assemble_lerobot_episodes``: the parts of an episode merged, its
+source naming both files, ``max_frames`` applied) and makes the checks across files (an episode in
+non-adjacent files, widths that change between episodes, the episode metadata's episodes and
+lengths) on every run, also when every entry is reused.
 
 Layout (``ROOT`` from ``--cache``, else ``$STEPNORM_CACHE``, else ``$XDG_CACHE_HOME/stepnorm``,
 else ``~/.cache/stepnorm``)::
 
-    ROOT/values/<kk>/<key>.npz    one read task: actions and states as read (before transforms),
-                                  episode lengths/indices/sources, one image frame per episode and
-                                  camera (for the validators' sample); then a sha256 trailer
+    ROOT/values/<kk>/<key>.npz    one read task (RLDS shard read, LeRobot data file): actions and
+                                  states as read (before transforms), episode (part) lengths/
+                                  indices/sources, one image frame per episode and camera (for the
+                                  validators' sample); then a sha256 trailer
     ROOT/values/<kk>/<key>.json   what the entry holds (dataset, file, episodes, steps) for
                                   ``stepnorm cache ls``; its mtime is the entry's last use
 
-``<key>`` is ``stepnorm.sources.task_values_keys`` (file identity, the part read, keys, name,
-format version); ``<kk>`` its first two characters. An entry is written under a temporary name
-and renamed into place, so it is complete or absent; a checksum that disagrees is reported as a
-corrupt entry. Nothing is evicted except by ``stepnorm cache rm`` / ``stepnorm cache prune``.
+``<key>`` is ``stepnorm.sources.task_values_keys`` (the file's identity, the part read, the
+metadata the reading consults, keys, name, format version); ``<kk>`` its first two characters. An
+entry is written under a temporary name and renamed into place, so it is complete or absent; a
+checksum that disagrees is reported as a corrupt entry. Nothing is evicted except by ``stepnorm cache rm`` / ``stepnorm cache prune``.
 """
 
 from __future__ import annotations
@@ -200,11 +209,19 @@ def list_entries(cache: ValuesCache) -> list[str]:
     lines = []
     for e in sorted(entries, key=lambda e: (e["dataset"], e["file"], e["key"])):
         used = dt.datetime.fromtimestamp(e["last_used"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        lines.append(f"{e['key'][:16]}  {e['dataset']:24s} {os.path.basename(str(e['file'])):40s} "
+        lines.append(f"{e['key'][:16]}  {e['dataset']:24s} {_file_label(str(e['file'])):40s} "
                      f"{e['episodes'] if e['episodes'] is not None else '?':>7} episodes "
                      f"{format_size(e['bytes']):>9}  used {used}")
     lines.append(f"{len(entries)} entries, {format_size(sum(e['bytes'] for e in entries))} in {cache.values_dir}")
     return lines
+
+
+def _file_label(path: str) -> str:
+    """An entry's file as ``cache ls`` shows it: its name, with its chunk directory for a LeRobot
+    data file (v3.0 names files ``file-000.parquet`` in every ``chunk-XXX``)."""
+    parent, name = os.path.split(path)
+    chunk = os.path.basename(parent)
+    return f"{chunk}/{name}" if chunk.startswith("chunk-") and name.endswith(".parquet") else name
 
 
 def remove_entries(cache: ValuesCache, keys: list[str] = (), dataset: str | None = None) -> tuple[int, int]:

@@ -7,13 +7,18 @@ the ``episode_index`` column, never from the metadata, because real datasets car
 copied from elsewhere (e.g. ``total_frames`` of the full dataset in a sub-sample). Videos are
 never opened: statistics only need the action and state columns.
 
+``iter_lerobot_episodes`` reads a whole dataset; it is ``iter_lerobot_file_episodes`` (one data
+file's episode parts) per file, assembled by ``assemble_lerobot_episodes`` (episodes continued in
+the next file merged, ``max_frames``, the checks across files and against the episode metadata).
+The values cache holds one entry per data file and assembles them the same way.
+
 The old v1.x format (Hugging Face ``datasets`` arrow files plus safetensors) is rejected.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,13 +128,61 @@ def iter_lerobot_episodes(
             action/state widths that change between episodes, or a dataset with no episodes.
         ConfigError: ``max_frames`` is not a positive integer.
     """
-    if max_frames is not None and (
-        isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames <= 0
-    ):
-        raise ConfigError(None, f"max_frames must be a positive integer, got {max_frames!r}")
+    _check_max_frames(max_frames)
     root = Path(path)
     info = lerobot_info(root)
     files = lerobot_data_files(root)
+    # Lazy: a file is opened only when the assembly reaches it (none past max_frames).
+    parts = (
+        (
+            file,
+            iter_lerobot_file_episodes(
+                file,
+                dataset=dataset,
+                action_key=action_key,
+                state_key=state_key,
+                columns_only=columns_only,
+                warnings=warnings,
+            ),
+        )
+        for file in files
+    )
+    yield from assemble_lerobot_episodes(
+        root,
+        parts,
+        action_key=action_key,
+        state_key=state_key,
+        max_frames=max_frames,
+        warnings=warnings,
+        info=info,
+    )
+
+
+def assemble_lerobot_episodes(
+    path: str | Path,
+    parts: Iterable[tuple[str | Path, Iterable[Episode]]],
+    *,
+    action_key: str,
+    state_key: str | None,
+    max_frames: int | None = None,
+    warnings: list[str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Iterator[Episode]:
+    """The dataset's episodes from its data files' episode parts: what ``iter_lerobot_episodes``
+    yields, and every check it makes across files.
+
+    ``parts`` holds, per data file in path order, the file and the episode parts it holds as
+    ``iter_lerobot_file_episodes`` yields them (read now, or from the values cache: one entry
+    per data file). An episode whose rows continue in the next file is merged into one
+    ``Episode`` (its source names both files); an episode in non-adjacent files, a width that
+    changes between episodes, a dataset with no episodes and episodes that disagree with the
+    episode metadata (``meta/episodes.jsonl`` / ``meta/episodes/``) are errors; ``max_frames``
+    cuts as described in ``iter_lerobot_episodes``, and no part past the cut is taken (so no
+    later file is read). Reads only ``meta/`` itself.
+    """
+    _check_max_frames(max_frames)
+    root = Path(path)
+    info = lerobot_info(root) if info is None else info
     widths = _FeatureWidths(info, root, action_key, state_key, warnings)
     remaining = max_frames
     seen: set[int] = set()
@@ -138,15 +191,9 @@ def iter_lerobot_episodes(
     pending_files: list[Path] = []
     n_episodes = n_frames = 0
 
-    for file in files:
-        for episode in iter_lerobot_file_episodes(
-            file,
-            dataset=dataset,
-            action_key=action_key,
-            state_key=state_key,
-            columns_only=columns_only,
-            warnings=warnings,
-        ):
+    for file, episodes in parts:
+        file = Path(file)
+        for episode in episodes:
             widths.check(episode, file)
             if pending is not None and episode.index == pending.index:
                 pending_files.append(file)
@@ -179,6 +226,41 @@ def iter_lerobot_episodes(
     _check_totals(info, root, n_episodes + 1, n_frames + pending.length, warnings)
 
 
+def _check_max_frames(max_frames: Any) -> None:
+    if max_frames is not None and (
+        isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames <= 0
+    ):
+        raise ConfigError(None, f"max_frames must be a positive integer, got {max_frames!r}")
+
+
+def data_file_rows(file: str | Path) -> int:
+    """Rows of one data file, from its parquet footer (no data read)."""
+    return _open_parquet(Path(file)).metadata.num_rows
+
+
+def read_identity(path: str | Path, action_key: str, state_key: str | None) -> dict[str, Any]:
+    """What of ``meta/info.json`` reading a data file consults: the codebase version (which
+    versions are read) and the declared features of the keys read (their shapes). Part of each
+    data file's values-cache key; the rest of info.json (totals, splits, other features) does
+    not change what a file's reading gives, so a new data file (which changes the totals) leaves
+    the other files' entries valid."""
+    info = lerobot_info(path)
+    keys = [action_key] + ([state_key] if state_key is not None else [])
+    return {
+        "codebase_version": info.get("codebase_version"),
+        "features": {key: info["features"].get(key) for key in keys},
+    }
+
+
+def episode_metadata_files(path: str | Path) -> list[Path]:
+    """The episode metadata the declared-episodes check reads (v2.x ``meta/episodes.jsonl``,
+    v3.0 ``meta/episodes/**/*.parquet``), those present, in the order ``declared_episodes``
+    reads them."""
+    meta = Path(path) / "meta"
+    jsonl = meta / "episodes.jsonl"
+    return [jsonl] if jsonl.is_file() else sorted((meta / "episodes").rglob("*.parquet"))
+
+
 def iter_lerobot_file_episodes(
     file: str | Path,
     *,
@@ -193,7 +275,8 @@ def iter_lerobot_file_episodes(
     Meant for running one worker per file. Rows are grouped by ``episode_index`` and ordered
     within an episode by ``frame_index`` (else ``index``, else ``timestamp``, else file order).
     An episode split across files comes out here as one part per file, each with the same
-    ``Episode.index``; ``iter_lerobot_episodes`` merges such parts. Arguments and errors are
+    ``Episode.index``; ``iter_lerobot_episodes`` (``assemble_lerobot_episodes``) merges such
+    parts. Arguments and errors are
     as for ``iter_lerobot_episodes``; an empty file yields nothing.
     """
     file = Path(file)
@@ -523,9 +606,7 @@ def metadata_warnings(path: str | Path) -> list[str]:
     these are warnings the launcher prints; the data wins."""
     root = Path(path)
     info = lerobot_info(root)
-    rows = 0
-    for file in lerobot_data_files(root):
-        rows += _open_parquet(file).metadata.num_rows
+    rows = sum(data_file_rows(file) for file in lerobot_data_files(root))
     declared = declared_episodes(root)
     out = []
     for field, actual, unit in (("total_frames", rows, "frames"),
