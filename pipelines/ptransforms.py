@@ -96,7 +96,7 @@ class _Replay:
         self.used += 1
         return self.results[self.used - 1]
 
-    def count(self, source_edges, refs):
+    def count(self, source_edges, refs, ranges=None):  # ranges: only a speed-up, not needed here
         named = self._named(source_edges, refs)
         got = self._result(("count", named))
         lt, le = {}, {}
@@ -154,7 +154,7 @@ def _partial_pass(element, request, accs):
     rid = id(ref)
     sources = {exact.Source(rid, g, c): v for (g, c), v in mine.items()}
     if kind == "count":
-        lt, le = exact.LocalPasses.count(sources, {rid: ref})
+        lt, le, _ = exact.LocalPasses.count(sources, {rid: ref})
         yield {(name, s.group, s.cell): (lt[s], le[s]) for s in sources}
     else:
         got = exact.LocalPasses.collect(sources, {rid: ref})

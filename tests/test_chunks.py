@@ -71,3 +71,23 @@ def test_grouped_entries_are_each_positions_valid_entries(case):
     if len(delta):
         assert len(groups[sn_chunks.RAW]) == steps and len(groups[sn_chunks.DELTA]) == steps
     assert len(groups[sn_chunks.STATE]) == steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(episodes_and_spec(), st.data())
+def test_delta_by_lag_is_episode_entries_delta_bit_for_bit(case, data):
+    """The accumulator's and the passes' DELTA entries (a batch of episodes at once, per position)
+    are episode_entries' DELTA cells: the same values, bits included, in step order."""
+    episodes, horizon, mask = case
+    delta = sn_chunks.delta_dims(mask)
+    if not len(delta):
+        return
+    lags = sorted(data.draw(st.sets(st.integers(0, horizon - 1), min_size=1)))
+    expect = np.concatenate([sn_chunks.episode_entries(a, s, horizon, mask)[sn_chunks.DELTA] for a, s in episodes])
+    got = list(sn_chunks.delta_by_lag([(a[:, delta], s[:, delta]) for a, s in episodes], horizon, lags))
+    assert [k for k, _ in got] == lags
+    for k, rows in got:
+        assert rows.shape[0] == len(delta) and all(r.flags.c_contiguous for r in rows)
+        for j, row in enumerate(rows):
+            column = expect[:, k, j]
+            np.testing.assert_array_equal(row.view(np.uint64), column[~np.isnan(column)].view(np.uint64))

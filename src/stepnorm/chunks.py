@@ -16,12 +16,16 @@ Two views of the same definition, used by everything that builds chunks:
   ``TAIL`` every action at index ``>= H-1``: each action is added once. Delta dims depend on both
   ``t`` and ``k`` and are grouped per position (``DELTA``); ``RAW`` holds the delta dims' stored
   actions once per step, ``STATE`` the state.
+
+The DELTA entries are the bulk of the data (``T*H`` distinct entries per episode and delta dim, as
+many as the whole chunks), so the statistics build them with ``delta_by_lag`` instead: the same
+entries, bit for bit, for a batch of episodes at once, cell by cell and without padding.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -29,8 +33,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 # The entry groups of ``episode_entries`` (also the accumulator's serialized group names).
 HEAD, TAIL, DELTA, RAW, STATE = "head", "tail", "delta", "raw", "state"
 
-__all__ = ["DELTA", "HEAD", "RAW", "STATE", "TAIL", "action_chunks", "chunk_index", "delta_dims",
-           "episode_entries", "group_shapes", "plain_dims", "position_members"]
+__all__ = ["DELTA", "HEAD", "RAW", "STATE", "TAIL", "action_chunks", "chunk_index", "delta_by_lag", "delta_dims",
+           "episode_entries", "group_shapes", "plain_dims", "position_members", "split_dims"]
 
 
 def delta_dims(delta_mask: Sequence[bool] | None) -> np.ndarray:
@@ -43,10 +47,16 @@ def plain_dims(action_dim: int, delta_mask: Sequence[bool] | None) -> np.ndarray
     return np.setdiff1d(np.arange(action_dim), delta_dims(delta_mask))
 
 
+def split_dims(action_dim: int, delta_mask: Sequence[bool] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(plain_dims, delta_dims)``, computed once per layout (this runs per episode); read-only."""
+    return _split_dims(action_dim, None if delta_mask is None else tuple(bool(x) for x in delta_mask))
+
+
 @functools.lru_cache(maxsize=64)
-def _dims(action_dim: int, delta_mask: tuple[bool, ...] | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(plain_dims, delta_dims)``, computed once per layout (episode_entries runs per episode)."""
-    return plain_dims(action_dim, delta_mask), delta_dims(delta_mask)
+def _split_dims(action_dim: int, delta_mask: tuple[bool, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    plain, delta = plain_dims(action_dim, delta_mask), delta_dims(delta_mask)
+    plain.flags.writeable = delta.flags.writeable = False
+    return plain, delta
 
 
 def chunk_index(t_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +115,7 @@ def episode_entries(action: np.ndarray, state: np.ndarray | None, horizon: int,
     if t_len == 0:
         return out
     action = np.asarray(action, np.float64).reshape(t_len, -1)
-    plain, delta = _dims(action.shape[1], None if delta_mask is None else tuple(bool(x) for x in delta_mask))
+    plain, delta = split_dims(action.shape[1], delta_mask)
     if len(plain):
         a = action[:, plain]
         head = np.full((1, horizon - 1, len(plain)), np.nan)
@@ -123,6 +133,35 @@ def episode_entries(action: np.ndarray, state: np.ndarray | None, horizon: int,
     if state is not None:
         out[STATE] = state
     return out
+
+
+def delta_by_lag(episodes: Sequence[tuple[np.ndarray, np.ndarray]], horizon: int,
+                 lags: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """The DELTA entries of a batch of whole episodes, per chunk position.
+
+    Args:
+        episodes: per episode ``(action [T, Dd], state [T, Dd])``, the delta dims only, float64.
+        horizon: ``H``.
+        lags: the positions wanted (default all ``0..H-1``), ascending.
+
+    Yields:
+        ``(k, rows [Dd, n_k])``: row ``j`` holds ``a_{t+k}[j] - s_t[j]`` for every step ``t`` of
+        every episode with ``t + k < T``, in episode and step order: the valid entries of
+        ``episode_entries``' DELTA cell ``(k, j)``, the same float64 values, with no NaN. Rows
+        are contiguous.
+    """
+    lengths = np.asarray([len(a) for a, _ in episodes], np.int64)
+    n = int(lengths.sum())
+    # steps from each step to its episode's end, itself included: t + k < T iff remaining > k
+    remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(n)
+    a = np.ascontiguousarray(np.concatenate([a for a, _ in episodes]).T)
+    s = np.ascontiguousarray(np.concatenate([s for _, s in episodes]).T)
+    for k in range(horizon) if lags is None else lags:
+        if k >= n:
+            yield k, np.zeros((a.shape[0], 0))
+            continue
+        steps = np.flatnonzero(remaining[: n - k] > k)
+        yield k, np.subtract(np.take(a, steps + k, axis=1), np.take(s, steps, axis=1))
 
 
 def position_members(pos: int, horizon: int) -> list[tuple[str, int | None]]:

@@ -59,6 +59,40 @@ class CellGroup:
         self.samples.merge(other.samples)
 
 
+class DeltaGroup(CellGroup):
+    """The DELTA group (cells ``[H, Dd]``): fed with each episode's delta dims' actions and states,
+    its entries built at flush for the buffered episodes at once, cell by cell
+    (``chunks.delta_by_lag``): the same entries as ``chunks.episode_entries``' DELTA, without the
+    padding and the ``[T, H, Dd]`` layout."""
+
+    def add_inputs(self, action: np.ndarray, state: np.ndarray) -> None:
+        """Buffer one episode's ``action [T, Dd]`` and ``state [T, Dd]`` (the delta dims)."""
+        if action.shape[0] == 0:
+            return
+        self._pending.append((action, state))
+        self._pending_values += action.shape[0] * self.shape[0] * self.shape[1]
+        if self._pending_values >= FLUSH_VALUES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_values = self._pending, [], 0
+        horizon, dims = self.shape
+        batch = Moments.empty(self.shape)
+        for k, rows in chunks.delta_by_lag(pending, horizon):
+            part = Moments.of_rows(rows)
+            for name in ("n", "mean", "m2", "min", "max"):
+                getattr(batch, name)[k] = getattr(part, name)
+            self.samples.update_cells(k * dims, rows)
+        self.moments.merge(batch)
+
+
+def _group(key: str, shape: tuple[int, ...], k: int, moments: Moments | None = None,
+           samples: SampleGrid | None = None) -> CellGroup:
+    return (DeltaGroup if key == chunks.DELTA else CellGroup)(shape, k, moments, samples)
+
+
 @dataclass(frozen=True)
 class AccumulatorSpec:
     """What an accumulator computes; two accumulators merge only if their specs are equal.
@@ -105,7 +139,7 @@ class ChunkStatsAccumulator:
 
     @property
     def plain_dims(self) -> np.ndarray:
-        return chunks.plain_dims(self.action_dim, self.spec.delta_mask)
+        return chunks.split_dims(self.action_dim, self.spec.delta_mask)[0]
 
     def _init_layout(self, action_dim: int, state_dim: int | None, where: str) -> None:
         spec = self.spec
@@ -124,7 +158,7 @@ class ChunkStatsAccumulator:
         # RAW (the delta dims' stored values, once per step) is what consumers that normalize
         # stored actions (Octo) need; plain dims have theirs in HEAD/TAIL.
         shapes = chunks.group_shapes(spec.horizon, action_dim, state_dim, spec.delta_mask)
-        self.groups = {key: CellGroup(shape, spec.sketch_k) for key, shape in shapes.items()}
+        self.groups = {key: _group(key, shape, spec.sketch_k) for key, shape in shapes.items()}
 
     # -- adding data --------------------------------------------------------------------------
     def add_episode(self, action: np.ndarray, state: np.ndarray | None = None, source: str | None = None) -> None:
@@ -153,18 +187,30 @@ class ChunkStatsAccumulator:
         self.num_episodes += 1
         self.num_steps += t_len
         for key, batch in self.group_batches(action, state).items():
-            self.groups[key].add(batch)
+            if key == chunks.DELTA:
+                self.groups[key].add_inputs(*batch)
+            else:
+                self.groups[key].add(batch)
 
-    def group_batches(self, action: np.ndarray, state: np.ndarray | None) -> dict[str, np.ndarray]:
-        """One episode's entries per cell group (NaN = no entry), as ``add_episode`` adds them.
+    def group_batches(self, action: np.ndarray, state: np.ndarray | None) -> dict[str, object]:
+        """One episode's entries per cell group, as ``add_episode`` adds them: ``[N, *cells]``
+        (NaN = no entry) per group, except DELTA: the episode's ``(action, state)`` of the delta
+        dims, whose entries ``chunks.delta_by_lag`` builds for a batch of episodes.
 
         The exact-quantile passes read the data again through this, so they see exactly the
         entries the moments saw. ``action``/``state`` must match the accumulator's dims.
         """
         if len(action) == 0:
             return {}
-        return chunks.episode_entries(action, state if self.state_dim is not None else None,
-                                      self.spec.horizon, self.spec.delta_mask)
+        action = np.asarray(action, np.float64).reshape(len(action), -1)
+        state = None if self.state_dim is None else np.asarray(state, np.float64).reshape(len(action), -1)
+        plain, delta = chunks.split_dims(self.action_dim, self.spec.delta_mask)
+        if not len(delta):
+            return chunks.episode_entries(action, state, self.spec.horizon, None)
+        out = chunks.episode_entries(action[:, plain], state, self.spec.horizon, None)
+        out[chunks.DELTA] = (action[:, delta], state[:, delta])
+        out[chunks.RAW] = action[:, delta]
+        return out
 
     def merge(self, other: "ChunkStatsAccumulator") -> "ChunkStatsAccumulator":
         """Merge ``other`` into self (associative, commutative); returns self."""
@@ -176,7 +222,7 @@ class ChunkStatsAccumulator:
             return self
         if self.action_dim is None:
             self.action_dim, self.state_dim = other.action_dim, other.state_dim
-            self.groups = {key: _copy_group(g) for key, g in other.groups.items()}
+            self.groups = {key: _copy_group(key, g) for key, g in other.groups.items()}
             return self
         if (other.action_dim, other.state_dim) != (self.action_dim, self.state_dim):
             raise InputDataError(
@@ -230,7 +276,7 @@ class ChunkStatsAccumulator:
                 for key in shapes:
                     moments = Moments.from_arrays({f: z[f"{key}.{f}"] for f in ("n", "mean", "m2", "min", "max")})
                     samples = SampleGrid.from_arrays(moments.shape, spec.sketch_k, z, key)
-                    acc.groups[key] = CellGroup(moments.shape, spec.sketch_k, moments, samples)
+                    acc.groups[key] = _group(key, moments.shape, spec.sketch_k, moments, samples)
         return acc
 
     # -- results ------------------------------------------------------------------------------
@@ -246,9 +292,9 @@ class ChunkStatsAccumulator:
         return FinalStats.from_accumulator(self, data if data is not None else self.data)
 
 
-def _copy_group(group: CellGroup) -> CellGroup:
+def _copy_group(key: str, group: CellGroup) -> CellGroup:
     group.flush()
-    return CellGroup(group.shape, group.samples.k, group.moments.copy(), group.samples.copy())
+    return _group(key, group.shape, group.samples.k, group.moments.copy(), group.samples.copy())
 
 
 def _as_2d(x: np.ndarray, where: str, key: str) -> np.ndarray:

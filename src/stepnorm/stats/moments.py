@@ -56,6 +56,19 @@ class Moments:
         vmax = np.where(valid, values, -np.inf).max(axis=0, initial=-np.inf)
         return cls(n.astype(np.int64), mean, np.asarray(m2, np.float64), vmin, vmax)
 
+    @classmethod
+    def of_rows(cls, rows: np.ndarray) -> "Moments":
+        """Two-pass float64 moments of each row of ``rows [R, n]`` (every entry a value, no NaN):
+        the same statistics as ``of_batch`` of its transpose, for data laid out cell by cell."""
+        rows = np.asarray(rows, dtype=np.float64)
+        r, n = rows.shape
+        if n == 0:
+            return cls.empty((r,))
+        mean = rows.sum(axis=1) / n
+        dev = rows - mean[:, None]
+        m2 = np.einsum("ij,ij->i", dev, dev)
+        return cls(np.full(r, n, np.int64), mean, m2, rows.min(axis=1), rows.max(axis=1))
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.n.shape
