@@ -50,11 +50,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from subproc import run_output as run  # noqa: E402
 
 HERE = Path(__file__).resolve()
 PY = sys.executable
@@ -332,20 +334,6 @@ CHILDREN = {"generate": child_generate, "octo": child_octo, "naive": child_naive
 # --------------------------------------------------------------------------------------------
 # Parent: no numpy, no data in RAM.
 # --------------------------------------------------------------------------------------------
-
-def run(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of one subprocess (exits on failure)."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{err.read().decode(errors='replace')[-3000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read().decode(errors="replace")
-
 
 def child(name: str, *args) -> tuple[float, float, str]:
     return run([PY, str(HERE), "--child", name, *map(str, args)])

@@ -40,6 +40,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from subproc import run_output  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 HORIZON = 50
@@ -89,20 +92,6 @@ def run(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one subprocess."""
     wall, rss, _ = run_output(cmd)
     return wall, rss
-
-
-def run_output(cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of one subprocess."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{err.read().decode(errors='replace')[-3000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read().decode(errors="replace")
 
 
 def config(paths: dict[str, Path], out: Path) -> Path:
