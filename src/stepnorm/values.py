@@ -17,7 +17,9 @@ non-adjacent files, widths that change between episodes, the episode metadata's 
 lengths) on every run, also when every entry is reused.
 
 Layout (``ROOT`` from ``--cache``, else ``$STEPNORM_CACHE``, else ``$XDG_CACHE_HOME/stepnorm``,
-else ``~/.cache/stepnorm``)::
+else ``~/.cache/stepnorm``; a local directory or any filesystem URL Apache Beam's ``FileSystems``
+knows, such as ``gs://bucket/dir``, where a cluster's workers write the entries the launcher
+reads)::
 
     ROOT/values/<kk>/<key>.npz    one read task (RLDS shard read, LeRobot data file): actions and
                                   states as read (before transforms), episode (part) lengths/
@@ -30,6 +32,8 @@ else ``~/.cache/stepnorm``)::
 metadata the reading consults, keys, name, format version); ``<kk>`` its first two characters. An
 entry is written under a temporary name and renamed into place, so it is complete or absent; a
 checksum that disagrees is reported as a corrupt entry. Nothing is evicted except by ``stepnorm cache rm`` / ``stepnorm cache prune``.
+On a URL the same holds (a temporary name, then ``FileSystems.rename``); with no mtime to set there,
+a reuse rewrites the entry's small ``.json``, whose update time is its last use.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import numpy as np
 from stepnorm import blobs
 from stepnorm.errors import CacheError
 from stepnorm.outputs import write_atomic
+from stepnorm.paths import is_remote
 from stepnorm.samples import _frame_bytes
 from stepnorm.sources.base import Episode
 
@@ -92,40 +97,45 @@ class TaskValues:
 
 
 class ValuesCache:
-    """The values entries under ``root`` (see the module docstring)."""
+    """The values entries under ``root`` (see the module docstring): a local directory, or any
+    filesystem URL Apache Beam's ``FileSystems`` knows (``gs://``, ``s3://``, ``hdfs://``, ...),
+    so that Beam workers on a cluster write the entries the launcher reads."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_cache_root()
-        self.values_dir = self.root / "values"
+        root = default_cache_root() if root is None else root
+        self.files = _BeamFiles() if is_remote(root) else _LocalFiles()
+        self.root = os.fspath(root) if is_remote(root) else Path(root)
+        self.values_dir = self.files.join(self.root, "values")
 
-    def path(self, key: str) -> Path:
-        return self.values_dir / key[:2] / f"{key}.npz"
+    def path(self, key: str) -> str:
+        return self.files.join(self.values_dir, key[:2], f"{key}.npz")
+
+    def _info(self, key: str) -> str:
+        return self.path(key)[: -len(".npz")] + ".json"
 
     def has(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return self.files.exists(self.path(key))
 
     def write(self, key: str, values: TaskValues, dataset: str, locator: str) -> None:
         """Store one task's values (atomically, with a checksum trailer); Beam workers call this."""
         payload = values.to_bytes()
-        write_atomic(self.path(key), blobs.seal(payload, TRAILER))
+        self.files.write(self.path(key), blobs.seal(payload, TRAILER))
         info = {"dataset": dataset, "file": locator, "episodes": len(values.episodes),
                 "steps": int(sum(ep.length for ep in values.episodes)), "bytes": len(payload)}
-        write_atomic(self.path(key).with_suffix(".json"), json.dumps(info).encode())
+        self.files.write(self._info(key), json.dumps(info).encode())
 
     def read(self, key: str) -> bytes:
         """An entry's payload, checksum verified; marks the entry as used."""
         path = self.path(key)
         try:
-            blob = path.read_bytes()
+            blob = self.files.read(path)
         except OSError as exc:
-            raise _corrupt(path, f"cannot read ({exc.strerror})") from None
+            raise _corrupt(path, f"cannot read ({exc.strerror or exc})") from None
         try:
             payload = blobs.unseal(blob, TRAILER)
         except ValueError as exc:
             raise _corrupt(path, str(exc)) from None
-        info = path.with_suffix(".json")
-        if info.exists():
-            os.utime(info)
+        self.files.touch(self._info(key))
         return payload
 
     def counts(self, key: str, dataset: str) -> tuple[int, int]:
@@ -157,25 +167,138 @@ class ValuesCache:
     # -- inspection and eviction (``stepnorm cache``) ----------------------------------------------
     def entries(self) -> list[dict]:
         """Every entry: key, dataset, file, episodes, steps, bytes on disk, last use (epoch s)."""
+        infos = {path: when for path, _, when in self.files.listing(self.files.join(self.values_dir, "*", "*.json"))}
         out = []
-        for data in sorted(self.values_dir.glob("*/*.npz")):
-            info_path = data.with_suffix(".json")
+        for data, size, written in sorted(self.files.listing(self.files.join(self.values_dir, "*", "*.npz"))):
+            info_path = data[: -len(".npz")] + ".json"
             try:
-                info = json.loads(info_path.read_text())
-                last = info_path.stat().st_mtime
+                info = json.loads(self.files.read(info_path))
+                last = infos.get(info_path, written)
             except (OSError, ValueError):
-                info, last = {}, data.stat().st_mtime
-            out.append({"key": data.stem, "dataset": info.get("dataset", "?"), "file": info.get("file", "?"),
+                info, last = {}, written
+            key = os.path.basename(data)[: -len(".npz")]
+            out.append({"key": key, "dataset": info.get("dataset", "?"), "file": info.get("file", "?"),
                         "episodes": info.get("episodes"), "steps": info.get("steps"),
-                        "bytes": data.stat().st_size, "last_used": last})
+                        "bytes": size, "last_used": last})
         return out
 
     def remove(self, key: str) -> None:
-        for path in (self.path(key), self.path(key).with_suffix(".json")):
-            path.unlink(missing_ok=True)
+        for path in (self.path(key), self._info(key)):
+            self.files.delete(path)
 
 
-def _corrupt(path: Path, problem: str) -> CacheError:
+class _LocalFiles:
+    """The cache's file operations on a local directory."""
+
+    join = staticmethod(os.path.join)
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return os.path.isfile(path)
+
+    @staticmethod
+    def read(path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    @staticmethod
+    def write(path: str, data: bytes) -> None:
+        write_atomic(Path(path), data)
+
+    @staticmethod
+    def touch(path: str) -> None:
+        """Mark as used now (the info file's mtime is the entry's last use)."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def listing(pattern: str) -> list[tuple[str, int, float]]:
+        """``(path, bytes, mtime)`` of every file matching the glob ``pattern``."""
+        import glob
+
+        out = []
+        for path in glob.glob(pattern, include_hidden=True):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            out.append((path, st.st_size, st.st_mtime))
+        return out
+
+    @staticmethod
+    def delete(path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
+
+class _BeamFiles:
+    """The cache's file operations on a Beam filesystem URL (``apache_beam.io.filesystems``).
+
+    A file is written under a temporary name in its directory and renamed into place, so it is
+    complete or absent on every filesystem (object stores publish an object only when its upload
+    is complete anyway). With no mtime to set, marking an entry used rewrites its small info file."""
+
+    def __init__(self):
+        from apache_beam.io.filesystems import FileSystems
+
+        self.fs = FileSystems
+
+    def join(self, base: str, *parts: str) -> str:
+        return self.fs.join(base, *parts)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def read(self, path: str) -> bytes:
+        from apache_beam.io.filesystem import CompressionTypes
+
+        try:
+            with self.fs.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return handle.read()
+        except OSError:
+            raise
+        except Exception as exc:  # BeamIOError and the filesystems' own errors
+            raise OSError(str(exc)) from None
+
+    def write(self, path: str, data: bytes) -> None:
+        import uuid
+
+        from apache_beam.io.filesystem import CompressionTypes
+
+        directory, name = self.fs.split(path)
+        tmp = self.fs.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with self.fs.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                handle.write(data)
+            if self.fs.exists(path):
+                self.fs.delete([path])  # rename does not replace on every filesystem
+            self.fs.rename([tmp], [path])
+        except BaseException:
+            self.delete(tmp)
+            raise
+
+    def touch(self, path: str) -> None:
+        try:
+            self.write(path, self.read(path))
+        except OSError:
+            pass
+
+    def listing(self, pattern: str) -> list[tuple[str, int, float]]:
+        try:
+            (result,) = self.fs.match([pattern])
+        except Exception:  # nothing matches: some filesystems raise
+            return []
+        return [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in result.metadata_list]
+
+    def delete(self, path: str) -> None:
+        try:
+            if self.fs.exists(path):
+                self.fs.delete([path])
+        except Exception:
+            pass
+
+
+def _corrupt(path: str, problem: str) -> CacheError:
     return CacheError(str(path), f"corrupt values cache entry: {problem}; rerun with --force to rebuild it")
 
 
@@ -262,12 +385,10 @@ def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_
     for e in gone:
         cache.remove(e["key"])
     freed = sum(e["bytes"] for e in gone)
-    # Half-written files of killed runs (never read: entries are renamed into place when complete).
-    for tmp in cache.values_dir.glob("*/.*.tmp"):  # outputs.write_atomic names them .<name>.<random>.tmp
-        try:
-            if now - tmp.stat().st_mtime > 3600:
-                freed += tmp.stat().st_size
-                tmp.unlink()
-        except OSError:
-            pass
+    # Half-written files of killed runs (never read: entries are renamed into place when complete;
+    # both writers name them .<name>.<random>.tmp).
+    for tmp, size, written in cache.files.listing(cache.files.join(cache.values_dir, "*", ".*.tmp")):
+        if now - written > 3600:
+            freed += size
+            cache.files.delete(tmp)
     return len(gone), freed
