@@ -13,7 +13,7 @@ or a transform's arguments (served from the values cache), and 2 workers vs 1; a
 (issue 12): the default FnApiRunner vs a local Dask cluster (scheduler + 1 and 2 worker
 processes), with how the tasks were spread and where the time goes (start-up, read, merge, shutdown).
 
-Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20] [--only-runners]
+Usage: python bench/bench_stats.py [--data /tmp/bench] [--scale-gb 20] [--only-runners | --only-reruns]
 Datasets come from bench/oxe_like.py (generated on first use: 1.3 GB, 2.6 GB and 0.06 GB, and with
 --scale-gb a dataset of that size plus a 5% addition). Start-up costs (Python and Beam imports,
 Beam's worker processes) are seconds, so the incremental and worker targets are also measured at
@@ -323,11 +323,28 @@ def main():
     parser.add_argument("--only-runners", action="store_true",
                         help="only the runner comparison (default runner vs a local Dask cluster with 1 and 2 "
                              "workers), at --scale-gb if given, else on the 1.3 GB set")
+    parser.add_argument("--only-reruns", action="store_true",
+                        help="only the issue-15 checks: the (a)-(d) table and the reruns after changing H, the "
+                             "delta_mask and a transform's arguments, on the 1.3 GB set and at --scale-gb if given")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from oxe_like import write_oxe_like
 
     data = Path(args.data)
+    if args.only_reruns:
+        sets = [(write_oxe_like(data, 1.3, "oxe_like", 0), "1x")]
+        if args.scale_gb:
+            sets.append((write_oxe_like(data, args.scale_gb, f"oxe_like_{args.scale_gb:g}g", 3), "scale"))
+        work = Path(tempfile.mkdtemp(prefix="stepnorm-bench-"))
+        CACHE.append(work / "cache")
+        try:
+            for path, label in sets:
+                warm([path])
+                table(label, path, sum(f.stat().st_size for f in path.glob("*.tfrecord*")), work)
+                reruns(label, path, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     if args.only_runners:
         path = (write_oxe_like(data, args.scale_gb, f"oxe_like_{args.scale_gb:g}g", 3) if args.scale_gb
                 else write_oxe_like(data, 1.3, "oxe_like", 0))

@@ -22,6 +22,10 @@ from stepnorm.stats.moments import Moments
 from stepnorm.stats.exact import DEFAULT_SAMPLE_K, SampleGrid
 
 FLUSH_VALUES = 1 << 20
+# DELTA buffers its episodes' inputs (2 * Dd values per step) and builds ``H * Dd`` entries per
+# step at flush one position at a time, so it counts buffered values per step times this much:
+# a flush covers ~22k steps at Dd = 6 (a few MB per position's arrays).
+DELTA_FLUSH_WEIGHT = 8
 FORMAT_VERSION = 3
 
 
@@ -70,7 +74,7 @@ class DeltaGroup(CellGroup):
         if action.shape[0] == 0:
             return
         self._pending.append((action, state))
-        self._pending_values += action.shape[0] * self.shape[0] * self.shape[1]
+        self._pending_values += action.shape[0] * self.shape[1] * DELTA_FLUSH_WEIGHT
         if self._pending_values >= FLUSH_VALUES:
             self.flush()
 

@@ -625,7 +625,7 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
             for group, batch in ref.acc.group_batches(action, state).items():
                 if group in groups and len(batch[0] if group == chunks.DELTA else batch):
                     pending[group].append(batch)
-                    sizes[group] += (len(batch[0]) * ref.acc.spec.horizon * batch[0].shape[1]
+                    sizes[group] += (len(batch[0]) * batch[0].shape[1] * 8  # per position, as built
                                      if group == chunks.DELTA else batch.size)
                     if sizes[group] >= SCAN_FLUSH_VALUES:
                         flush(group)
