@@ -53,7 +53,7 @@ from stepnorm.paths import is_remote
 from stepnorm.samples import _frame_bytes
 from stepnorm.sources.base import Episode
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each field of a task's episodes in one array where they stack
 TRAILER = b"stepnorm.values.sha256:"
 
 
@@ -84,16 +84,30 @@ class TaskValues:
             "sources": np.asarray([str(ep.source) for ep in eps], dtype=str),
             "image_keys": np.asarray(image_keys, dtype=str),
         }
-        # Each episode keeps its own arrays: widths may differ between episodes (an error the
-        # accumulator reports naming the episode's source), and dtypes stay as read.
-        for i, ep in enumerate(eps):
-            arrays[f"a{i}"] = np.asarray(ep.action)
-            if ep.state is not None:
-                arrays[f"s{i}"] = np.asarray(ep.state)
+        actions = [np.asarray(ep.action) for ep in eps]
+        states = [None if ep.state is None else np.asarray(ep.state) for ep in eps]
+        if _stackable(actions) and (all(s is None for s in states) or _stackable(states)):
+            # One array per field, split by the lengths when read (one member to open per field,
+            # not one per episode).
+            arrays["action"] = np.concatenate(actions) if actions else np.zeros((0, 0), np.float32)
+            if eps and states[0] is not None:
+                arrays["state"] = np.concatenate(states)
+        else:
+            # Each episode keeps its own arrays: widths may differ between episodes (an error the
+            # accumulator reports naming the episode's source), and dtypes stay as read.
+            for i, (action, state) in enumerate(zip(actions, states)):
+                arrays[f"a{i}"] = action
+                if state is not None:
+                    arrays[f"s{i}"] = state
         for j, key in enumerate(image_keys):
             frames = [_frame_bytes(ep.images[key][0]) if ep.images.get(key) else b"" for ep in eps]
             arrays.update(blobs.ragged_bytes(f"img{j}", frames))
         return blobs.pack(arrays, FORMAT_VERSION)
+
+
+def _stackable(arrays: list) -> bool:
+    """Whether per-episode arrays can be stored as one: all ``[T, D]`` with one ``D`` and dtype."""
+    return all(a is not None and a.ndim == 2 for a in arrays) and len({(a.shape[1], a.dtype.str) for a in arrays}) <= 1
 
 
 class ValuesCache:
@@ -153,14 +167,21 @@ class ValuesCache:
         for key in keys:
             try:
                 with blobs.unpack(self.read(key), FORMAT_VERSION, "values") as z:
-                    sources, indices = z["sources"], z["indices"]
+                    sources, indices, lengths = z["sources"], z["indices"], z["lengths"]
                     frames = {}
                     for j, image_key in enumerate(z["image_keys"]):
                         frames[str(image_key)] = blobs.split_ragged_bytes(z, f"img{j}")
-                    for e in range(len(z["lengths"])):
+                    names = set(z.files)
+                    if "action" in names:
+                        cuts = np.cumsum(lengths)[:-1]
+                        actions = np.split(z["action"], cuts) if len(lengths) else []
+                        states = np.split(z["state"], cuts) if "state" in names else [None] * len(lengths)
+                    else:
+                        actions = [z[f"a{e}"] for e in range(len(lengths))]
+                        states = [z[f"s{e}"] if f"s{e}" in names else None for e in range(len(lengths))]
+                    for e in range(len(lengths)):
                         images = {k: [f[e]] for k, f in frames.items() if f[e]}
-                        yield Episode(dataset, str(sources[e]), int(indices[e]), z[f"a{e}"],
-                                      z[f"s{e}"] if f"s{e}" in z else None, images)
+                        yield Episode(dataset, str(sources[e]), int(indices[e]), actions[e], states[e], images)
             except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
                 raise _corrupt(self.path(key), f"unreadable ({exc})") from None
 

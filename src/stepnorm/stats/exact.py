@@ -85,11 +85,11 @@ class DistinctSample:
 
     __slots__ = ("k", "values", "counts", "hashes", "truncated")
 
-    def __init__(self, k: int, values=None, counts=None, truncated: bool = False):
+    def __init__(self, k: int, values=None, counts=None, truncated: bool = False, hashes=None):
         self.k = int(k)
         self.values = np.zeros(0) if values is None else np.asarray(values, np.float64)
         self.counts = np.zeros(0, np.int64) if counts is None else np.asarray(counts, np.int64)
-        self.hashes = value_hash(self.values)
+        self.hashes = value_hash(self.values) if hashes is None else hashes  # given: the values' own
         self.truncated = bool(truncated)
 
     def add(self, values: np.ndarray) -> None:
@@ -253,7 +253,8 @@ class SampleGrid:
         """Cell ``c``'s sample."""
         self._consolidate()
         lo, hi = self.offsets[c], self.offsets[c + 1]
-        return DistinctSample(self.k, self.values[lo:hi], self.counts[lo:hi], bool(self.truncated[c]))
+        return DistinctSample(self.k, self.values[lo:hi], self.counts[lo:hi], bool(self.truncated[c]),
+                              self.hashes[lo:hi])
 
     @property
     def samples(self) -> list[DistinctSample]:
