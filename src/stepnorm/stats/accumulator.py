@@ -44,9 +44,13 @@ class CellGroup:
         if values.shape[0] == 0:
             return
         self._pending.append(values)
-        self._pending_values += values.size
+        self._pending_values += self.batch_values(values)
         if self._pending_values >= FLUSH_VALUES:
             self.flush()
+
+    def batch_values(self, batch) -> int:
+        """What buffering ``batch`` (as ``add`` takes it) counts towards a flush."""
+        return batch.size
 
     def flush(self) -> None:
         if not self._pending:
@@ -69,14 +73,17 @@ class DeltaGroup(CellGroup):
     (``chunks.delta_by_lag``): the same entries as ``chunks.episode_entries``' DELTA, without the
     padding and the ``[T, H, Dd]`` layout."""
 
-    def add_inputs(self, action: np.ndarray, state: np.ndarray) -> None:
-        """Buffer one episode's ``action [T, Dd]`` and ``state [T, Dd]`` (the delta dims)."""
-        if action.shape[0] == 0:
+    def add(self, inputs: tuple[np.ndarray, np.ndarray]) -> None:
+        """Buffer one episode's ``(action [T, Dd], state [T, Dd])`` (the delta dims)."""
+        if inputs[0].shape[0] == 0:
             return
-        self._pending.append((action, state))
-        self._pending_values += action.shape[0] * self.shape[1] * DELTA_FLUSH_WEIGHT
+        self._pending.append(inputs)
+        self._pending_values += self.batch_values(inputs)
         if self._pending_values >= FLUSH_VALUES:
             self.flush()
+
+    def batch_values(self, batch) -> int:
+        return batch[0].shape[0] * self.shape[1] * DELTA_FLUSH_WEIGHT
 
     def flush(self) -> None:
         if not self._pending:
@@ -191,10 +198,7 @@ class ChunkStatsAccumulator:
         self.num_episodes += 1
         self.num_steps += t_len
         for key, batch in self.group_batches(action, state).items():
-            if key == chunks.DELTA:
-                self.groups[key].add_inputs(*batch)
-            else:
-                self.groups[key].add(batch)
+            self.groups[key].add(batch)
 
     def group_batches(self, action: np.ndarray, state: np.ndarray | None) -> dict[str, object]:
         """One episode's entries per cell group, as ``add_episode`` adds them: ``[N, *cells]``

@@ -624,10 +624,10 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
         for episode in ref.episodes():
             action, state = episode if isinstance(episode, tuple) else (episode.action, episode.state)
             for group, batch in ref.acc.group_batches(action, state).items():
-                if group in groups and len(batch[0] if group == chunks.DELTA else batch):
+                size = ref.acc.groups[group].batch_values(batch) if group in groups else 0
+                if size:
                     pending[group].append(batch)
-                    sizes[group] += (len(batch[0]) * batch[0].shape[1] * 8  # per position, as built
-                                     if group == chunks.DELTA else batch.size)
+                    sizes[group] += size
                     if sizes[group] >= SCAN_FLUSH_VALUES:
                         flush(group)
         for group in groups:
