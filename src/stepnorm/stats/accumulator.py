@@ -39,12 +39,14 @@ class CellGroup:
         self._pending: list[np.ndarray] = []
         self._pending_values = 0
 
-    def add(self, values: np.ndarray) -> None:
-        """Buffer ``values [N, *shape]`` (NaN = no value in that cell)."""
-        if values.shape[0] == 0:
+    def add(self, batch) -> None:
+        """Buffer one batch: ``values [N, *shape]`` (NaN = no value in that cell; DeltaGroup: an
+        episode's delta inputs)."""
+        size = self.batch_values(batch)
+        if not size:
             return
-        self._pending.append(values)
-        self._pending_values += self.batch_values(values)
+        self._pending.append(batch)
+        self._pending_values += size
         if self._pending_values >= FLUSH_VALUES:
             self.flush()
 
@@ -73,16 +75,8 @@ class DeltaGroup(CellGroup):
     (``chunks.delta_by_lag``): the same entries as ``chunks.episode_entries``' DELTA, without the
     padding and the ``[T, H, Dd]`` layout."""
 
-    def add(self, inputs: tuple[np.ndarray, np.ndarray]) -> None:
-        """Buffer one episode's ``(action [T, Dd], state [T, Dd])`` (the delta dims)."""
-        if inputs[0].shape[0] == 0:
-            return
-        self._pending.append(inputs)
-        self._pending_values += self.batch_values(inputs)
-        if self._pending_values >= FLUSH_VALUES:
-            self.flush()
-
     def batch_values(self, batch) -> int:
+        """``batch``: one episode's ``(action [T, Dd], state [T, Dd])`` (the delta dims)."""
         return batch[0].shape[0] * self.shape[1] * DELTA_FLUSH_WEIGHT
 
     def flush(self) -> None:
