@@ -29,6 +29,11 @@ from stepnorm.sources.transforms import apply_transforms, build_transforms
 from stepnorm.stats import ChunkStatsAccumulator
 from stepnorm.values import ValuesCache
 
+# Numeric values (action and state entries, transforms applied) of one dataset held in memory
+# between the accumulation and the exact-quantile passes (512 MB of float64); a larger dataset's
+# passes read its values cache entries again. The passes see the same episodes either way.
+KEEP_NUMERIC_VALUES = 1 << 26
+
 
 @dataclass
 class StatsResult:
@@ -46,10 +51,13 @@ def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: V
     read_values(cfg, items, beam_args, str(cache.root), log)
 
 
-def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list) -> tuple[ChunkStatsAccumulator, DatasetSample]:
+def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
+                      room: list[int] | None = None) -> tuple[ChunkStatsAccumulator, DatasetSample]:
     """One dataset's accumulator and validators' sample from its cached values (``tasks``: its
-    (ReadTask, cache key) pairs in task order), transforms applied; ``acc.data`` reads the values
-    again (exact quantiles)."""
+    (ReadTask, cache key) pairs in task order), transforms applied; ``acc.data`` gives the values
+    again (exact quantiles): held in memory if they fit in ``room`` (``[entries]``, shared by the
+    datasets of a run and reduced by what this one holds; default ``KEEP_NUMERIC_VALUES``), else
+    read from the cache again."""
     transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
 
     def episodes():
@@ -57,10 +65,20 @@ def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list) -> tuple
             yield apply_transforms(raw, transforms) if transforms else raw
 
     acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
+    room = [KEEP_NUMERIC_VALUES] if room is None else room
+    kept, held = [], 0
     for ep in episodes():
         acc.add_episode(ep.action, ep.state, source=ep.source)
         sample.add_episode(ds.name, ep.index, ep.action, ep.state, ep.images)
-    acc.data = episodes
+        if kept is not None:
+            held += ep.action.size + (ep.state.size if ep.state is not None else 0)
+            if held > room[0]:
+                kept = None  # too large to hold: the exact passes read the cache again
+            else:
+                kept.append((ep.action, ep.state))
+    if kept is not None:
+        room[0] -= held
+    acc.data = episodes if kept is None else kept
     return acc, sample
 
 
@@ -96,9 +114,9 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
         _warn_metadata(cfg, read)
         if todo:
             read_into_cache(cfg, todo, beam_args, values, log)
-        accs, samples = {}, {}
+        accs, samples, room = {}, {}, [KEEP_NUMERIC_VALUES]
         for ds in cfg.datasets:
-            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, tasks[ds.name])
+            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, tasks[ds.name], room)
         _check_counts(cfg, accs, read)
         doc = artifact_from_accumulators(cfg, accs, fingerprints)
         blob_keys = {name: f"{name}-{fingerprints[name]}" for name in accs}

@@ -93,6 +93,38 @@ def test_bit_identical_across_rerun_reuse_force_and_multi_processing(datasets, t
     assert _bytes(tmp_path / "b") == first
 
 
+def test_values_held_in_memory_or_read_again_give_the_same_bytes(datasets, tmp_path, monkeypatch):
+    """The exact passes read the values from memory when they fit (KEEP_NUMERIC_VALUES), else the
+    cache again: same stats.json. sketch_k is small, so the passes run for most cells."""
+    from stepnorm.pipelines import stats as stats_pipeline
+
+    cfg = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]}, sketch_k=16)
+    _stats(cfg, tmp_path / "held", "--cache", str(tmp_path / "cache"))
+    reads = []
+    original = stats_pipeline.cached_episodes
+
+    def counting(*args, **kwargs):
+        reads.append(args[0].name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stats_pipeline, "cached_episodes", counting)
+    _stats(cfg, tmp_path / "held", "--cache", str(tmp_path / "cache"))
+    assert reads == ["seven", "one"]  # once each: the passes used the values held in memory
+    held = _bytes(tmp_path / "held")
+    # room for the first dataset only (the budget is shared): the second one's passes read again
+    first = sum(e["steps"]["action"].size + e["steps"]["observation"]["state"].size for e in _episodes())
+    monkeypatch.setattr(stats_pipeline, "KEEP_NUMERIC_VALUES", first)
+    reads.clear()
+    _stats(cfg, tmp_path / "again", "--cache", str(tmp_path / "cache"))
+    assert reads.count("seven") == 1 and reads.count("one") > 1
+    assert _bytes(tmp_path / "again") == held
+    monkeypatch.setattr(stats_pipeline, "KEEP_NUMERIC_VALUES", 0)
+    reads.clear()
+    _stats(cfg, tmp_path / "none", "--cache", str(tmp_path / "cache"))
+    assert reads.count("seven") > 1 and reads.count("one") > 1
+    assert _bytes(tmp_path / "none") == held
+
+
 def _close(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-15 * np.nanmax(np.abs(b)))
