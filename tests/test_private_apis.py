@@ -4,8 +4,8 @@ Each test calls the private API exactly as stepnorm does (the call site is named
 a message naming the call when its behaviour changes, so an upgrade of Beam, TFDS or Python that
 breaks one shows up here, not as wrong statistics or a corrupt shard:
 
-- ``apache_beam.io.tfrecordio._TFRecordUtil.read_record`` (sources/rlds.iter_shard_records, _check_shard_end) and
-  ``.write_record`` (pipelines/normalize, the shard writer; bench/bench_normalize);
+- ``apache_beam.io.tfrecordio._TFRecordUtil._masked_crc32c`` (sources/rlds._read_record, the shard
+  reader) and ``.write_record`` (pipelines/normalize, the shard writer; bench/bench_normalize);
 - ``tensorflow_datasets.core.example_parser._features_to_numpy`` (sources/rlds.iter_shard_episodes);
 - ``atexit._run_exitfuncs`` (cli.entry).
 """
@@ -68,29 +68,40 @@ def test_tfrecordutil_write_record(tmp_path):
         assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == RECORDS
 
 
-def test_tfrecordutil_read_record(tmp_path):
+def test_tfrecordutil_masked_crc32c_and_the_shard_reader(tmp_path):
+    """stepnorm's record reader (``rlds._read_record``) checks the framing with Beam's masked CRC:
+    it reads what TensorFlow wrote, returns None at the end, and rejects every damaged form the
+    way Beam's own ``read_record`` does (ValueError, which the reader reports as a corrupt shard)."""
     import tensorflow as tf
+
+    from stepnorm.sources.rlds import _read_record
 
     path = str(tmp_path / "tf.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:  # an independent writer
         for record in RECORDS:
             writer.write(record)
     good = open(path, "rb").read()
-    call = "apache_beam.io.tfrecordio._TFRecordUtil.read_record(handle)"
-    with pinned(call, "sources/rlds.py iter_shard_records and _check_shard_end"):
+    call = "apache_beam.io.tfrecordio._TFRecordUtil._masked_crc32c(bytes)"
+    with pinned(call, "sources/rlds.py _read_record"):
         from apache_beam.io.tfrecordio import _TFRecordUtil
 
-        with open(path, "rb") as handle:  # as the reader opens local shards
-            got = [_TFRecordUtil.read_record(handle) for _ in RECORDS]
-            assert got == RECORDS
-            assert _TFRecordUtil.read_record(handle) is None, "end of file must read as None"
-        # the reader turns exactly these exception types into "corrupt or truncated TFRecord shard"
-        flipped = bytearray(good)
-        flipped[len(_framed(RECORDS[0])) + 12] ^= 1  # one bit of the second record's data
-        for broken in (good[:-3], good[:5], bytes(flipped), good[:12] + b"\xff" + good[13:]):
+        length = struct.pack("<Q", len(RECORDS[0]))
+        assert struct.pack("<I", _TFRecordUtil._masked_crc32c(length)) == good[8:12]
+        assert struct.pack("<I", _TFRecordUtil._masked_crc32c(RECORDS[0])) == good[12 + len(RECORDS[0]):][:4]
+    with open(path, "rb") as handle:  # as the reader opens local shards
+        got = [_read_record(handle) for _ in RECORDS]
+        assert got == RECORDS
+        assert _read_record(handle) is None, "end of file must read as None"
+    flipped = bytearray(good)
+    flipped[len(_framed(RECORDS[0])) + 12] ^= 1  # one bit of the second record's data
+    crc_flipped = bytearray(good)
+    crc_flipped[len(_framed(RECORDS[0])) - 1] ^= 1  # one bit of the first record's data CRC
+    for broken in (good[:-3], good[:5], bytes(flipped), bytes(crc_flipped), good[:12] + b"\xff" + good[13:],
+                   good[:8] + b"\x00" + good[9:]):
+        for reader in (_read_record, _TFRecordUtil.read_record):
             handle = io.BytesIO(broken)
             with pytest.raises((ValueError, struct.error)):
-                while _TFRecordUtil.read_record(handle) is not None:
+                while reader(handle) is not None:
                     pass
 
 

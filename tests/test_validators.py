@@ -157,9 +157,11 @@ def test_lerobot_loader_scale_against_model_input(tmp_path, sample_dir, model_in
         assert set(f.datasets) == {"sim", "real", "lerobot_real"} and f.value == 2
 
 
-@pytest.mark.parametrize("blank_every, warned", [(1, True), (2, False), (3, False)])
+@pytest.mark.parametrize("blank_every, warned", [(1, True), (3, False), (5, False)])
 def test_blank_camera(tmp_path, sample_dir, blank_every, warned):
-    """All frames blank (Bridge image_3) -> warning; 50% or 33% blank frames stay under the 50% threshold."""
+    """All frames blank (Bridge image_3) -> warning; a third or a fifth of the episodes blank stays
+    under the 50% threshold. (Half of them would sit on it: the 16 sampled frames' share falls on
+    either side depending on which episodes the sample picks.)"""
     cfg, art = build(tmp_path, sample_dir, make_episodes(1), make_episodes(2),
                      real_frames=lambda rng, i: _frame(rng, blank=i % blank_every == 0))
     result = gate(tmp_path, cfg, art, only=["image_scale"])

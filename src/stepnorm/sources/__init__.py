@@ -305,7 +305,8 @@ def _metadata_hash(ds: DatasetConfig) -> str:
 
 # 3: one entry per LeRobot data file (its episode parts), keyed without max_frames (applied when
 # the parts are assembled) and with only the part of info.json a file's reading consults.
-VALUES_FORMAT = 4  # 4: values.FORMAT_VERSION 2 (fields stacked)
+VALUES_FORMAT = 5  # 4: values.FORMAT_VERSION 2 (fields stacked); 5: frames picked by the counter-based
+# samples.step_priorities
 
 
 def task_values_keys(ds: DatasetConfig) -> list[tuple[ReadTask, str]]:

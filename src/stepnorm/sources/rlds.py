@@ -93,17 +93,16 @@ def _parser(path: str, keys: Sequence[str]):
 def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
     """Serialized episodes of one shard read; InputDataError for a corrupt or truncated shard.
 
-    Beam's TFRecord framing (length and data CRC32C checks, google-crc32c). Local shards are read
-    without TensorFlow (its start-up dominated small runs); remote ones (``gs://`` ...) through
-    TensorFlow's filesystems, as TFDS itself reads them.
+    TFRecord framing checked with Beam's masked CRC32C (google-crc32c) on the length and on the
+    data (``_read_record``). Local shards are read without TensorFlow (its start-up dominated
+    small runs); remote ones (``gs://`` ...) through TensorFlow's filesystems, as TFDS itself
+    reads them.
     """
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
     count = 0
     try:
         with _open_binary(read.filename) as handle:
             for position in range(read.skip + read.take):
-                record = _TFRecordUtil.read_record(handle)
+                record = _read_record(handle)
                 if record is None:
                     break
                 if position >= read.skip:
@@ -121,18 +120,40 @@ def iter_shard_records(read: ShardRead) -> Iterator[bytes]:
                                             f"dataset_info.json says at least {read.skip + read.take}")
 
 
+def _read_record(handle) -> bytes | None:
+    """One TFRecord's payload (None at the end of the file), its length and data CRCs checked as
+    Beam's ``_TFRecordUtil.read_record`` checks them, with one copy of the payload: Beam reads the
+    payload and its CRC together and then copies the payload out of them (``struct.unpack``),
+    which cost 2.9 s of 22.8 s reading a 20 GB set."""
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    header = handle.read(12)
+    if not header:
+        return None
+    if len(header) != 12:
+        raise ValueError(f"Not a valid TFRecord. Fewer than 12 bytes: {header.hex()}")
+    length, length_mask = struct.unpack("<QI", header)
+    if _TFRecordUtil._masked_crc32c(header[:8]) != length_mask:
+        raise ValueError(f"Not a valid TFRecord. Mismatch of length mask: {header.hex()}")
+    data = handle.read(length)
+    footer = handle.read(4) if len(data) == length else b""
+    if len(footer) != 4:
+        raise ValueError(f"Not a valid TFRecord. Fewer than {length + 4} bytes")
+    if _TFRecordUtil._masked_crc32c(data) != struct.unpack("<I", footer)[0]:
+        raise ValueError("Not a valid TFRecord. Mismatch of data mask")
+    return data
+
+
 def _check_shard_end(handle, read: ShardRead) -> None:
     """After the last declared record a shard must end: a further record means dataset_info.json's
     ``shardLengths`` undercounts the shard (its episodes would be silently skipped); other bytes
     mean the file was appended to or damaged."""
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
     position = handle.tell()
     if not handle.read(1):
         return
     handle.seek(position)
     try:
-        extra = _TFRecordUtil.read_record(handle)
+        extra = _read_record(handle)
     except (ValueError, struct.error):
         extra = None
     if extra is not None:

@@ -470,8 +470,16 @@ class _Plan:
 
 
 def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, DataRef]) -> None:
-    """Fill ``target.result`` (shape ``[len(qs)]``) with the exact quantiles of every target."""
-    plans = [_Plan(t, qs, refs) for t in targets]
+    """Fill ``target.result`` (shape ``[len(qs)]``) with the exact quantiles of every target.
+
+    Targets with the same members and weights (e.g. a one-dataset mixture's combined cells and
+    the dataset's own) are planned and resolved once."""
+    same: dict[tuple, list[Target]] = {}
+    for t in targets:
+        key = (tuple((s.ref, s.group, s.cell, m) for s, m in t.members),
+               None if t.weights is None else tuple(sorted(t.weights.items())))
+        same.setdefault(key, []).append(t)
+    plans = [_Plan(ts[0], qs, refs) for ts in same.values()]
     for plan in plans:
         if plan.complete:
             plan.solve_complete()
@@ -528,8 +536,9 @@ def resolve(targets: Sequence[Target], qs: Sequence[float], refs: dict[int, Data
                     lo, hi, _ = plan.interval[qi]
                     plan.select(qi, [(plan.col[src.ref], collected[src][(lo, hi)], mult)
                                      for src, mult in plan.target.members])
-    for plan in plans:
-        plan.target.result = plan.answer
+    for plan, ts in zip(plans, same.values()):
+        for t in ts:
+            t.result = plan.answer.copy()
 
 
 def _from_kept(intervals: dict[Source, set[tuple[float, float]]], kept):
