@@ -114,3 +114,14 @@ def test_pending_merge_keeps_the_bottom_k_with_ties_broken_by_arrival(batches, k
     np.testing.assert_array_equal(s.priority, np.asarray(prios)[keep])
     np.testing.assert_array_equal(s.action[:, 0], np.asarray(rows)[keep])
     np.testing.assert_array_equal(s.state[:, 0], 2 * np.asarray(rows)[keep])
+
+
+def test_step_priorities_one_step_path_equals_the_array_path():
+    """A one-step call (an episode's frame priority) takes a Python-int path: same bits as step 0
+    of the array path, for many seeds; priorities lie in [0, 1) and differ across steps."""
+    from stepnorm.samples import step_priorities
+
+    for i in range(500):
+        many = step_priorities("ds#cam", i, 7)
+        assert step_priorities("ds#cam", i, 1)[0] == many[0]
+        assert ((many >= 0) & (many < 1)).all() and len(np.unique(many)) == 7
