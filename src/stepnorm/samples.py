@@ -21,21 +21,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stepnorm import blobs
+from stepnorm.stats.exact import SPLITMIX64_GAMMA, splitmix64_mix
 
 DEFAULT_MAX_STEPS = 4096
 DEFAULT_MAX_IMAGES = 16
 FORMAT_VERSION = 1
 
 
-_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
 def _splitmix_top53(seed: int) -> float:
-    """``step_priorities`` of step 0 of an episode with this seed, in Python ints (mod 2**64)."""
+    """``step_priorities`` of step 0 of an episode with this seed, in Python ints (mod 2**64):
+    ``stats.exact.splitmix64_mix`` without numpy's per-call overhead (tested to give its bits)."""
     mask = (1 << 64) - 1
-    z = (int(_GOLDEN) + seed) & mask
-    z = ((z ^ (z >> 30)) * int(_MIX1)) & mask
-    z = ((z ^ (z >> 27)) * int(_MIX2)) & mask
+    z = (SPLITMIX64_GAMMA + seed) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
     z ^= z >> 31
     return float(z >> 11) * (1.0 / (1 << 53))
 
@@ -49,10 +48,7 @@ def step_priorities(dataset: str, episode_index: int, length: int) -> np.ndarray
     if length == 1:  # one frame's priority (twice per episode): Python ints, the same bits
         return np.asarray([_splitmix_top53(int(seed))], np.float64)
     # uint64 array arithmetic wraps (no overflow warning for arrays)
-    z = np.arange(1, length + 1, dtype=np.uint64) * _GOLDEN + seed
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z ^= z >> np.uint64(31)
+    z = splitmix64_mix(np.arange(1, length + 1, dtype=np.uint64) * np.uint64(SPLITMIX64_GAMMA) + seed)
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

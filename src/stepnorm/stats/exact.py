@@ -51,14 +51,21 @@ SCAN_FLUSH_VALUES = 1 << 22
 KEEP_VALUES = 1 << 25
 
 _UINT64_MAX = np.iinfo(np.uint64).max
-_M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+SPLITMIX64_GAMMA = 0x9E3779B97F4A7C15
+_M1, _M2, _M3 = np.uint64(SPLITMIX64_GAMMA), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def value_hash(values: np.ndarray) -> np.ndarray:
     """splitmix64 of the float64 bits (``-0.0`` hashed as ``0.0``): a value's sampling priority."""
     bits = (np.asarray(values, np.float64) + 0.0).view(np.uint64)
     with np.errstate(over="ignore"):
-        z = bits + _M1
+        return splitmix64_mix(bits + _M1)
+
+
+def splitmix64_mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's output mix of ``z`` (uint64; the state already advanced by the golden gamma
+    ``SPLITMIX64_GAMMA``): a bijection of the 64-bit patterns."""
+    with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * _M2
         z = (z ^ (z >> np.uint64(27))) * _M3
     return z ^ (z >> np.uint64(31))
