@@ -33,6 +33,8 @@ from stepnorm.values import ValuesCache
 # between the accumulation and the exact-quantile passes (512 MB of float64); a larger dataset's
 # passes read its values cache entries again. The passes see the same episodes either way.
 KEEP_NUMERIC_VALUES = 1 << 26
+# Steps offered to the validators' sample at once (``DatasetSample.add_episodes``).
+SAMPLE_BATCH_STEPS = 1 << 16
 
 
 @dataclass
@@ -67,15 +69,21 @@ def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
     acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
     room = [KEEP_NUMERIC_VALUES] if room is None else room
     kept, held = [], 0
+    offered, offered_steps = [], 0  # the sample takes episodes in batches (the same sample)
     for ep in episodes():
         acc.add_episode(ep.action, ep.state, source=ep.source)
-        sample.add_episode(ds.name, ep.index, ep.action, ep.state, ep.images)
+        offered.append((ep.index, ep.action, ep.state, ep.images))
+        offered_steps += len(ep.action)
+        if offered_steps >= SAMPLE_BATCH_STEPS:
+            sample.add_episodes(ds.name, offered)
+            offered, offered_steps = [], 0
         if kept is not None:
             held += ep.action.size + (ep.state.size if ep.state is not None else 0)
             if held > room[0]:
                 kept = None  # too large to hold: the exact passes read the cache again
             else:
                 kept.append((ep.action, ep.state))
+    sample.add_episodes(ds.name, offered)
     if kept is not None:
         room[0] -= held
     acc.data = episodes if kept is None else kept

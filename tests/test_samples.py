@@ -38,6 +38,29 @@ def test_any_split_merges_to_the_same_sample(labels, order):
     assert total.num_steps_seen == sum(len(a) for a, _ in EPISODES)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=8), st.sampled_from([3, 64, 4096]))
+def test_batched_episodes_give_the_per_episode_sample(cuts, max_steps):
+    """``add_episodes`` (the pipeline's path) in any batch split equals ``add_episode`` one episode
+    at a time, bytes for bytes: steps, states, images (one frame, several, none, a raw tensor)."""
+    def images(i):
+        if i % 5 == 0:
+            return {"cam": [np.full((2, 2, 3), i, np.uint8)], "wrist": []}
+        return {"cam": FRAMES[i][:1] if i % 2 else FRAMES[i], "wrist": FRAMES[i][-1:]}
+
+    one = DatasetSample(max_steps=max_steps, max_images=5)
+    for i, (a, s) in enumerate(EPISODES):
+        one.add_episode("d", i, a, s, images(i))
+    batched = DatasetSample(max_steps=max_steps, max_images=5)
+    start = 0
+    for cut in cuts + [len(EPISODES)]:
+        batched.add_episodes("d", [(i, EPISODES[i][0], EPISODES[i][1], images(i))
+                                   for i in range(start, min(start + cut, len(EPISODES)))])
+        start = min(start + cut, len(EPISODES))
+    assert batched.to_bytes() == one.to_bytes()
+    assert batched.images == one.images and len(one.images["cam"]) == 5
+
+
 def test_sample_is_the_bottom_k_of_all_step_priorities():
     """Against a brute-force reference: every step's priority, one stable sort, the first k."""
     from stepnorm.samples import step_priorities
