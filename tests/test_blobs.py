@@ -36,3 +36,45 @@ def test_seal_detects_truncation_and_corruption():
     damaged[2] ^= 1
     with pytest.raises(ValueError, match="checksum mismatch"):
         blobs.unseal(bytes(damaged), b"tag:")
+
+
+def _arrays():
+    rng = np.random.default_rng(3)
+    return {"f64": rng.normal(size=(5, 3)), "fortran": np.asfortranarray(rng.normal(size=(4, 6))),
+            "scalar": np.asarray(7), "empty": np.zeros((0, 4)), "u8": rng.integers(0, 255, 300).astype(np.uint8),
+            "bools": rng.uniform(size=9) > 0.5, "text": np.asarray(["a", "ep/1", "ünï"]), "i64": np.arange(-3, 4),
+            "big": rng.normal(size=70_000)}
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_views_read_what_np_load_reads(views):
+    """``unpack(..., views=True)`` (the values cache's zero-copy read) gives np.load's arrays,
+    dtypes and shapes, as read-only views of the blob."""
+    arrays = _arrays()
+    blob = blobs.pack(arrays, 4)
+    with blobs.unpack(blob, 4, "test", views=views) as z:
+        assert sorted(z.files) == sorted(["version", *arrays])
+        for name, want in arrays.items():
+            got = z[name]
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+            if views:
+                assert not got.flags.writeable
+        assert "f64" in z and "nothing" not in z
+
+
+def test_views_refuse_what_they_cannot_map():
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, version=np.asarray(1), x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a stored .npy array"):
+        blobs.StoredArrays(buf.getvalue())
+    buf = io.BytesIO()
+    np.savez(buf, version=np.asarray(1), x=np.asarray([{}, 1], dtype=object))
+    with pytest.raises(ValueError, match="Python objects"):
+        blobs.StoredArrays(buf.getvalue())["x"]
+    blob = blobs.pack({"x": np.zeros(1000)}, 1)
+    with pytest.raises((ValueError, zipfile.BadZipFile)):
+        blobs.StoredArrays(blob[:-200])

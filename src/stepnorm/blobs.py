@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import struct
+import zipfile
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pack", "ragged", "ragged_bytes", "seal", "split", "split_ragged", "split_ragged_bytes", "unpack", "unseal"]
+__all__ = ["StoredArrays", "pack", "ragged", "ragged_bytes", "seal", "split", "split_ragged", "split_ragged_bytes", "unpack", "unseal"]
 
 
 def pack(arrays: Mapping[str, np.ndarray], version: int) -> bytes:
@@ -27,14 +29,62 @@ def pack(arrays: Mapping[str, np.ndarray], version: int) -> bytes:
 
 
 @contextlib.contextmanager
-def unpack(blob: bytes, version: int, what: str) -> Iterator:
+def unpack(blob: bytes, version: int, what: str, views: bool = False) -> Iterator:
     """The arrays of a blob (a read-only mapping, open inside the ``with``); ValueError when it is not
-    a blob of ``version`` (``what`` names the kind in the message)."""
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+    a blob of ``version`` (``what`` names the kind in the message).
+
+    ``views``: the arrays are read-only views of ``blob`` (``StoredArrays``: no copy and no zip
+    CRC, for a sealed blob whose sha256 was checked); else numpy's ``np.load`` copies."""
+    with (contextlib.nullcontext(StoredArrays(blob)) if views else np.load(io.BytesIO(blob), allow_pickle=False)) as z:
         got = int(z["version"]) if "version" in z.files else None
         if got != version:
             raise ValueError(f"{what} format version {got} is not {version}")
         yield z
+
+
+class StoredArrays:
+    """The arrays of a ``pack`` blob (an uncompressed npz: one stored ``.npy`` member per array)
+    as read-only views of the blob's bytes, located through the zip's central directory and each
+    member's ``.npy`` header. ValueError for anything else (a compressed member, an object array,
+    sizes that disagree)."""
+
+    _LOCAL_HEADER = 30  # a zip local file header's fixed part; then the name and the extra field
+
+    def __init__(self, blob: bytes):
+        self._blob = blob
+        self._at: dict[str, tuple[int, int]] = {}
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                    raise ValueError(f"member {info.filename!r} is not a stored .npy array")
+                at = info.header_offset
+                local = blob[at:at + self._LOCAL_HEADER]
+                if len(local) < self._LOCAL_HEADER or local[:4] != b"PK\x03\x04":
+                    raise ValueError(f"member {info.filename!r} has no local header")
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                start = at + self._LOCAL_HEADER + name_len + extra_len
+                if start + info.file_size > len(blob):
+                    raise ValueError(f"member {info.filename!r} runs past the end")
+                self._at[info.filename[: -len(".npy")]] = (start, info.file_size)
+        self.files = list(self._at)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._at
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        start, size = self._at[name]
+        head = io.BytesIO(self._blob[start:start + min(size, 1 << 17)])
+        major, _ = np.lib.format.read_magic(head)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(head)
+        if dtype.hasobject:
+            raise ValueError(f"array {name!r} holds Python objects")
+        count = int(np.prod(shape, dtype=np.int64))
+        offset = head.tell()
+        if count * dtype.itemsize != size - offset:
+            raise ValueError(f"array {name!r} holds {size - offset} bytes, its header says {count * dtype.itemsize}")
+        data = np.frombuffer(self._blob, dtype, count, start + offset)
+        return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
 
 
 def ragged(prefix: str, parts: Sequence[np.ndarray], dtype=np.float64) -> dict[str, np.ndarray]:

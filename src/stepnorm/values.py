@@ -155,7 +155,7 @@ class ValuesCache:
     def counts(self, key: str, dataset: str) -> tuple[int, int]:
         """(episodes, steps) the entry ``key`` holds (read from its episode lengths only)."""
         try:
-            with blobs.unpack(self.read(key), FORMAT_VERSION, "values") as z:
+            with blobs.unpack(self.read(key), FORMAT_VERSION, "values", views=True) as z:
                 lengths = z["lengths"]
                 return int(len(lengths)), int(lengths.sum())
         except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
@@ -166,7 +166,9 @@ class ValuesCache:
         file order; images hold the one frame per key the validators' sample may use."""
         for key in keys:
             try:
-                with blobs.unpack(self.read(key), FORMAT_VERSION, "values") as z:
+                # views of the entry's bytes; the numeric arrays are copied (so an episode kept in
+                # memory does not keep the entry's frames alive), frames become bytes
+                with blobs.unpack(self.read(key), FORMAT_VERSION, "values", views=True) as z:
                     sources, indices, lengths = z["sources"], z["indices"], z["lengths"]
                     frames = {}
                     for j, image_key in enumerate(z["image_keys"]):
@@ -174,11 +176,11 @@ class ValuesCache:
                     names = set(z.files)
                     if "action" in names:
                         cuts = np.cumsum(lengths)[:-1]
-                        actions = np.split(z["action"], cuts) if len(lengths) else []
-                        states = np.split(z["state"], cuts) if "state" in names else [None] * len(lengths)
+                        actions = np.split(z["action"].copy(), cuts) if len(lengths) else []
+                        states = np.split(z["state"].copy(), cuts) if "state" in names else [None] * len(lengths)
                     else:
-                        actions = [z[f"a{e}"] for e in range(len(lengths))]
-                        states = [z[f"s{e}"] if f"s{e}" in names else None for e in range(len(lengths))]
+                        actions = [z[f"a{e}"].copy() for e in range(len(lengths))]
+                        states = [z[f"s{e}"].copy() if f"s{e}" in names else None for e in range(len(lengths))]
                     for e in range(len(lengths)):
                         images = {k: [f[e]] for k, f in frames.items() if f[e]}
                         yield Episode(dataset, str(sources[e]), int(indices[e]), actions[e], states[e], images)
