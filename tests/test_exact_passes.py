@@ -127,3 +127,32 @@ def test_intervals_from_kept_entries_equal_a_collect_pass(monkeypatch):
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.sampled_from([None, (True, False, True)]))
+def test_held_scan_sees_the_entries_of_the_streamed_scan(seed, horizon, delta_mask):
+    """The passes over episodes held in memory (``_scan_held``, a column at a time) see, per
+    source cell, the same multiset of entries as the episode-by-episode scan; episodes of length
+    0, 1 and shorter than H included."""
+    from stepnorm import chunks
+    from stepnorm.stats.exact import _scan
+
+    rng = np.random.default_rng(seed)
+    episodes = [(np.round(rng.normal(size=(t, 3)), 1).astype(np.float32), rng.normal(size=(t, 4)))
+                for t in rng.choice([0, 1, 2, horizon - 1, horizon, horizon + 3, 17], size=9)]
+    acc = ChunkStatsAccumulator(AccumulatorSpec(horizon, delta_mask), "h")
+    for a, s in episodes:
+        acc.add_episode(a, s)
+    acc.flush()
+    sources = [Source(0, group, c) for group, g in acc.groups.items()
+               for c in range(int(np.prod(g.shape, dtype=np.int64)))]
+    seen = {}
+    for data in (list(episodes), lambda: iter(episodes)):
+        got = {src: [] for src in sources}
+        _scan({0: DataRef(acc, data)}, sources, lambda src, v: got[src].append(np.asarray(v, np.float64)))
+        seen[callable(data)] = {src: np.sort(np.concatenate(v + [np.zeros(0)])) for src, v in got.items()}
+    for src in sources:
+        np.testing.assert_array_equal(seen[True][src], seen[False][src])
+        assert len(seen[True][src]) == int(acc.groups[src.group].moments.n.reshape(-1)[src.cell])
+    assert any(len(v) for v in seen[False].values()) and (delta_mask is None or chunks.DELTA in acc.groups)

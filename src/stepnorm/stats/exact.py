@@ -57,18 +57,31 @@ _M1, _M2, _M3 = np.uint64(SPLITMIX64_GAMMA), np.uint64(0xBF58476D1CE4E5B9), np.u
 
 def value_hash(values: np.ndarray) -> np.ndarray:
     """splitmix64 of the float64 bits (``-0.0`` hashed as ``0.0``): a value's sampling priority."""
-    bits = (np.asarray(values, np.float64) + 0.0).view(np.uint64)
+    z = np.asarray(np.asarray(values, np.float64) + 0.0).view(np.uint64)  # a new array: mixed in place
     with np.errstate(over="ignore"):
-        return splitmix64_mix(bits + _M1)
+        np.add(z, _M1, out=z)
+    return _mix_in_place(z)
 
 
 def splitmix64_mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's output mix of ``z`` (uint64; the state already advanced by the golden gamma
     ``SPLITMIX64_GAMMA``): a bijection of the 64-bit patterns."""
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * _M2
-        z = (z ^ (z >> np.uint64(27))) * _M3
-    return z ^ (z >> np.uint64(31))
+    return _mix_in_place(np.array(z, np.uint64, copy=True))
+
+
+def _mix_in_place(z: np.ndarray) -> np.ndarray:
+    """``splitmix64_mix`` overwriting ``z`` (one scratch array instead of a temporary per step:
+    the hash runs over every entry of the statistics)."""
+    z = np.asarray(z)
+    scratch = np.empty_like(z)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps
+        for shift, factor in ((30, _M2), (27, _M3)):
+            np.right_shift(z, np.uint64(shift), out=scratch)
+            np.bitwise_xor(z, scratch, out=z)
+            np.multiply(z, factor, out=z)
+        np.right_shift(z, np.uint64(31), out=scratch)
+        np.bitwise_xor(z, scratch, out=z)
+    return z
 
 
 def _smallest_hashes(values: np.ndarray, k: int, hashes: np.ndarray | None = None) -> np.ndarray:
@@ -200,14 +213,15 @@ class SampleGrid:
         rows = rows + 0.0  # -0.0 is 0.0
         hashes = value_hash(rows)
         keep = hashes <= self._threshold[first:first + len(rows), None]
-        for r in np.flatnonzero((self._threshold[first:first + len(rows)] == _UINT64_MAX)
-                                & (keep.sum(axis=1) > 4 * self.k)):
+        kept = np.count_nonzero(keep, axis=1)
+        for r in np.flatnonzero((self._threshold[first:first + len(rows)] == _UINT64_MAX) & (kept > 4 * self.k)):
             keep[r] &= hashes[r] <= self._filling_bound(hashes[r][keep[r]])
-        self.truncated[first:first + len(rows)] |= keep.sum(axis=1) < rows.shape[1]
-        cells, cols = np.nonzero(keep)
-        if len(cells):
-            self._buffer(cells.astype(np.int64) + first, hashes[cells, cols], rows[cells, cols],
-                         np.ones(len(cells), np.int64))
+            kept[r] = np.count_nonzero(keep[r])
+        self.truncated[first:first + len(rows)] |= kept < rows.shape[1]
+        at = np.flatnonzero(keep)  # one pass over the flat mask (np.nonzero of 2-D costs twice)
+        if len(at):
+            self._buffer(at // rows.shape[1] + first, hashes.reshape(-1)[at], rows.reshape(-1)[at],
+                         np.ones(len(at), np.int64))
 
     def _filling_bound(self, hashes: np.ndarray) -> np.uint64:
         """For a cell still filling with many candidate ``hashes`` in one batch: their k-th smallest
@@ -614,6 +628,9 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
         by_ref.setdefault(src.ref, {}).setdefault(src.group, []).append(src)
     for ref_id in sorted(by_ref):
         ref, groups = refs[ref_id], by_ref[ref_id]
+        if ref.data is not None and not callable(ref.data):
+            _scan_held(ref, groups, fn)
+            continue
         pending: dict[str, list[np.ndarray]] = {g: [] for g in groups}
         sizes = dict.fromkeys(groups, 0)
 
@@ -648,6 +665,47 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
                         flush(group)
         for group in groups:
             flush(group)
+
+
+def _scan_held(ref: DataRef, groups: dict[str, list[Source]], fn) -> None:
+    """``_scan`` of a dataset whose episodes are held in memory (``ref.data`` a sequence): each
+    wanted cell's entries in one array, a column of all episodes at a time. The same entries as
+    ``group_batches`` gives (in another order: what ``fn`` computes does not depend on it)."""
+    acc = ref.acc
+    horizon = acc.spec.horizon
+    plain, delta = chunks.split_dims(acc.action_dim, acc.spec.delta_mask)
+    episodes = []
+    for episode in ref.data:
+        action, state = episode if isinstance(episode, tuple) else (episode.action, episode.state)
+        if len(action):
+            action = np.asarray(action, np.float64).reshape(len(action), -1)
+            state = None if acc.state_dim is None else np.asarray(state, np.float64).reshape(len(action), -1)
+            episodes.append((action, state))
+    lengths = np.asarray([len(a) for a, _ in episodes], np.int64)
+    index = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # in its episode
+
+    def column(part: int, dim: int) -> np.ndarray:
+        return np.concatenate([episode[part][:, dim] for episode in episodes] + [np.zeros(0)])
+
+    by_dim: dict[int, list[Source]] = {}  # plain dims: TAIL cell i, HEAD cell j * len(plain) + i
+    for group in (chunks.TAIL, chunks.HEAD):
+        for src in groups.get(group, ()):
+            by_dim.setdefault(src.cell % len(plain), []).append(src)
+    for i, wanted in sorted(by_dim.items()):
+        values = column(0, plain[i])
+        for src in wanted:
+            fn(src, values[index >= horizon - 1] if src.group == chunks.TAIL else values[index == src.cell // len(plain)])
+    for src in groups.get(chunks.STATE, ()):
+        fn(src, column(1, src.cell))
+    for src in groups.get(chunks.RAW, ()):
+        fn(src, column(0, delta[src.cell]))
+    if chunks.DELTA in groups:
+        by_lag: dict[int, list[Source]] = {}
+        for src in groups[chunks.DELTA]:
+            by_lag.setdefault(src.cell // len(delta), []).append(src)
+        for k, rows in chunks.delta_by_lag([(a[:, delta], s[:, delta]) for a, s in episodes], horizon, sorted(by_lag)):
+            for src in by_lag[k]:
+                fn(src, rows[src.cell % len(delta)])
 
 
 def _count_pass(source_edges: dict[Source, np.ndarray], refs, ranges=None, budget: int | None = None):
