@@ -61,8 +61,17 @@ def test_count_pass_with_ranges_equals_brute_force(case):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 6), st.integers(1, 400))
-def test_update_cells_keeps_the_samples_update_keeps(seed, k, cells, n):
+@given(st.integers(0, 2**31 - 1), st.integers(1, 40), st.integers(1, 6), st.integers(1, 400),
+       st.sampled_from([2, 50, 1 << 12]))
+def test_update_cells_keeps_the_samples_update_keeps(seed, k, cells, n, distinct_min):
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SampleGrid, "DISTINCT_MIN", distinct_min)
+        _update_cells_case(seed, k, cells, n)
+
+
+def _update_cells_case(seed, k, cells, n):
     rng = np.random.default_rng(seed)
     batches = [np.round(rng.standard_t(2, size=(rng.integers(0, n), cells)), rng.integers(0, 3)) for _ in range(3)]
     by_entry, by_cell = SampleGrid((cells,), k), SampleGrid((cells,), k)

@@ -159,16 +159,18 @@ def test_distinct_samples_merge_to_the_same_sample_in_any_split(values, n_parts,
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.sampled_from([0.0, -0.0, 1.0, 2.5, float("nan")]) | st.floats(-50, 50, width=16),
                          min_size=3, max_size=3), min_size=1, max_size=200),
-       st.integers(1, 40), st.sampled_from([1, 2, 3, 8, 64]), st.sampled_from([1, 7, 1 << 16]))
-def test_sample_grid_equals_each_cells_own_sample(rows, n_batches, k, consolidate_min):
-    """SampleGrid's bulk update (thresholds, buffered candidates, bulk merges at any buffer size)
-    gives, per cell, exactly the DistinctSample of that cell's values (NaN = no value), and so do
-    its merge and serialized form, however the rows are batched and the grids merged."""
+       st.integers(1, 40), st.sampled_from([1, 2, 3, 8, 64]), st.sampled_from([1, 7, 1 << 16]),
+       st.sampled_from([1, 3, 1 << 12]))
+def test_sample_grid_equals_each_cells_own_sample(rows, n_batches, k, consolidate_min, distinct_min):
+    """SampleGrid's bulk update (thresholds, buffered candidates, bulk merges at any buffer size,
+    a filling cell's candidates buffered as distinct values from any count) gives, per cell,
+    exactly the DistinctSample of that cell's values (NaN = no value), and so do its merge and
+    serialized form, however the rows are batched and the grids merged."""
     from stepnorm.stats.exact import DistinctSample, SampleGrid
 
     data = np.asarray(rows, np.float64).reshape(len(rows), 3)
-    old_min = SampleGrid.CONSOLIDATE_MIN
-    SampleGrid.CONSOLIDATE_MIN = consolidate_min
+    old_min, old_distinct = SampleGrid.CONSOLIDATE_MIN, SampleGrid.DISTINCT_MIN
+    SampleGrid.CONSOLIDATE_MIN, SampleGrid.DISTINCT_MIN = consolidate_min, distinct_min
     try:
         whole = SampleGrid((3,), k)
         for batch in np.array_split(data, n_batches):
@@ -178,7 +180,7 @@ def test_sample_grid_equals_each_cells_own_sample(rows, n_batches, k, consolidat
             halves[i % 2].update(batch)
         halves[1].merge(halves[0])
     finally:
-        SampleGrid.CONSOLIDATE_MIN = old_min
+        SampleGrid.CONSOLIDATE_MIN, SampleGrid.DISTINCT_MIN = old_min, old_distinct
     for c in range(3):
         col = data[:, c]
         ref = DistinctSample(k)

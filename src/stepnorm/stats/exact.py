@@ -200,10 +200,27 @@ class SampleGrid:
         for c in np.flatnonzero((self._threshold == _UINT64_MAX) & (keep.sum(axis=0) > 4 * self.k)):
             keep[:, c] &= hashes[:, c] <= self._filling_bound(hashes[:, c][keep[:, c]])
         # A valid entry left out has a hash above k distinct values' of its cell: not in its sample.
-        self.truncated |= keep.sum(axis=0) < valid.sum(axis=0)
+        kept = np.count_nonzero(keep, axis=0)
+        self.truncated |= kept < np.count_nonzero(valid, axis=0)
+        for c in self._few_distinct(kept):
+            self._buffer_distinct(c, flat[:, c][keep[:, c]])
+            keep[:, c] = False
         rows, cols = np.nonzero(keep)
         if len(rows):
             self._buffer(cols.astype(np.int64), hashes[rows, cols], flat[rows, cols], np.ones(len(rows), np.int64))
+
+    DISTINCT_MIN = 1 << 12  # a cell's candidates in one batch from which ``_few_distinct`` applies
+
+    def _few_distinct(self, kept: np.ndarray) -> np.ndarray:
+        """The cells still below ``k`` distinct values (no threshold) with many candidates in this
+        batch: every entry of such a cell is a candidate (a gripper's two levels, a quantized
+        state), so its candidates are buffered as distinct values with counts (the same sample:
+        counts of equal values add up in ``_consolidate`` either way)."""
+        return np.flatnonzero((self._threshold == _UINT64_MAX) & (kept >= self.DISTINCT_MIN))
+
+    def _buffer_distinct(self, cell: int, values: np.ndarray) -> None:
+        uniq, counts = np.unique(values, return_counts=True)
+        self._buffer(np.full(len(uniq), cell, np.int64), value_hash(uniq), uniq, counts.astype(np.int64))
 
     def update_cells(self, first: int, rows: np.ndarray) -> None:
         """Add ``rows [R, n]`` (no NaN): row ``r`` holds entries of cell ``first + r``. The same
@@ -218,6 +235,9 @@ class SampleGrid:
             keep[r] &= hashes[r] <= self._filling_bound(hashes[r][keep[r]])
             kept[r] = np.count_nonzero(keep[r])
         self.truncated[first:first + len(rows)] |= kept < rows.shape[1]
+        for c in self._few_distinct(np.pad(kept, (first, self.cells - first - len(rows)))):
+            self._buffer_distinct(c, rows[c - first][keep[c - first]])
+            keep[c - first] = False
         at = np.flatnonzero(keep)  # one pass over the flat mask (np.nonzero of 2-D costs twice)
         if len(at):
             self._buffer(at // rows.shape[1] + first, hashes.reshape(-1)[at], rows.reshape(-1)[at],
