@@ -165,3 +165,17 @@ def test_held_scan_sees_the_entries_of_the_streamed_scan(seed, horizon, delta_ma
         np.testing.assert_array_equal(seen[True][src], seen[False][src])
         assert len(seen[True][src]) == int(acc.groups[src.group].moments.n.reshape(-1)[src.cell])
     assert any(len(v) for v in seen[False].values()) and (delta_mask is None or chunks.DELTA in acc.groups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=300), st.integers(1, 80))
+def test_bottom_distinct_keeps_the_entries_of_the_k_smallest_distinct_hashes(values, k):
+    """A target's merged sample keeps every member entry of the union's k distinct values of
+    smallest hash (``_bottom_distinct``, by partitions): against a sort of the distinct hashes."""
+    from stepnorm.stats.exact import _bottom_distinct
+
+    hashes = np.asarray(values, np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # duplicates, any order
+    got = _bottom_distinct(hashes, k)
+    distinct = np.unique(hashes)
+    want = hashes <= distinct[k - 1] if len(distinct) > k else np.ones(len(hashes), bool)
+    np.testing.assert_array_equal(np.ones(len(hashes), bool) if got is None else got, want)

@@ -91,6 +91,19 @@ def _smallest_hashes(values: np.ndarray, k: int, hashes: np.ndarray | None = Non
     return np.argpartition(hashes, k - 1)[:k] if k < len(values) else np.arange(len(values))
 
 
+def _bottom_distinct(hashes: np.ndarray, k: int) -> np.ndarray | None:
+    """Mask of the entries whose hash is among the ``k`` smallest distinct ``hashes`` (None: all
+    of them are), found with partitions instead of a sort of every entry."""
+    m = k
+    while m < len(hashes):
+        low = hashes[hashes <= np.partition(hashes, m - 1)[m - 1]]
+        distinct = np.unique(low)
+        if len(distinct) >= k:
+            return hashes <= distinct[k - 1]
+        m += k - len(distinct)  # duplicates among the m smallest: look further
+    return None
+
+
 def count_threshold(n: int, q: float) -> int:
     """How many entries must be ``<= x`` for ``x`` to be the ``inverted_cdf`` q-quantile of ``n``."""
     return max(0, math.ceil(float(n) * q - 1.0)) + 1
@@ -386,6 +399,14 @@ class _Plan:
         vals = np.concatenate([s.values for _, s, _ in samples] + [np.zeros(0)])
         counts = np.concatenate([s.counts * mult for _, s, mult in samples] + [np.zeros(0, np.int64)])
         cols = np.concatenate([np.full(len(s.values), c, np.int64) for c, s, _ in samples] + [np.zeros(0, np.int64)])
+        if not self.complete:
+            # only the entries of the union's k distinct values of smallest hash matter (every
+            # member entry of such a value: equal values have equal hashes); the unique and
+            # counts below then run over ~k entries, not over every member's sample
+            k = max(s.k for _, s, _ in samples)
+            take = _bottom_distinct(np.concatenate([s.hashes for _, s, _ in samples]), k)
+            if take is not None:
+                vals, counts, cols = vals[take], counts[take], cols[take]
         edges, inverse = np.unique(vals, return_inverse=True)
         n_cols = len(self.ref_ids)
         # counts stay far below 2**53, so float64 bincount weights add them exactly
