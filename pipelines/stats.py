@@ -22,9 +22,11 @@ from stepnorm import outputs
 from stepnorm.artifact import STATS_FILE, artifact_from_accumulators, fill_artifact
 from stepnorm.config import Config
 from stepnorm.errors import InputDataError
+from stepnorm.paths import is_remote
 from stepnorm.samples import DatasetSample
 from stepnorm.sources import (cached_episodes, check_widths, dataset_fingerprint, needed_tasks, read_tasks,
                               task_values_keys)
+from stepnorm.sources.rlds import plans_in
 from stepnorm.sources.transforms import apply_transforms, build_transforms
 from stepnorm.stats import ChunkStatsAccumulator
 from stepnorm.values import ValuesCache
@@ -99,9 +101,12 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     locked while the run lasts and replaced in one atomic step (see ``stepnorm.outputs``).
     """
     t0 = time.monotonic()
-    with outputs.writing(out_dir, "stats", config_inputs(cfg)) as staging:
+    values = ValuesCache(cache)
+    # RLDS shard plans and declared widths remembered beside the values (a local cache), so a run
+    # whose values are all cached does not import TFDS
+    plans = None if is_remote(values.root) else values.plans_dir
+    with outputs.writing(out_dir, "stats", config_inputs(cfg)) as staging, plans_in(plans):
         out = staging.parent / Path(out_dir).resolve().name
-        values = ValuesCache(cache)
         tasks = {}
         for ds in cfg.datasets:
             # a cached entry's steps (its file's rows, for max_frames); None: the file is to be read

@@ -262,7 +262,10 @@ def test_cache_ls_rm_prune(datasets, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cache", "ls", "--cache", str(cache)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 9 and lines[-1].startswith("8 entries")
+    # 8 entries, a total, and the two datasets' remembered split plans (shard reads, action and
+    # state widths)
+    assert len(lines) == 10 and lines[-2].startswith("8 entries"), lines
+    assert lines[-1].startswith("6 RLDS split plans"), lines
     assert sum(" seven " in ln for ln in lines) == 7 and sum(" one " in ln for ln in lines) == 1
     # rm by dataset: only its entries go, and the next run reads only that dataset
     assert main(["cache", "rm", "--dataset", "one", "--cache", str(cache)]) == 0

@@ -337,8 +337,11 @@ def test_a_run_with_every_dataset_cached_never_imports_beam(sample_dir, tmp_path
     assert main(["stats", str(sample_dir / "config.yaml"), "--out", str(out)]) == 0
     code = ("import sys; from stepnorm.cli import main; "
             f"rc = main(['stats', {str(sample_dir / 'config.yaml')!r}, '--out', {str(out)!r}]); "
-            "print('beam imported:', 'apache_beam' in sys.modules); sys.exit(rc)")
+            "print('beam imported:', 'apache_beam' in sys.modules); "
+            "print('tfds imported:', 'tensorflow_datasets' in sys.modules); sys.exit(rc)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "reused" in run.stdout and "computed" not in run.stdout
     assert "beam imported: False" in run.stdout
+    # the RLDS split plans and widths come from the cache's plans too (TFDS costs 0.4 s to import)
+    assert "tfds imported: False" in run.stdout

@@ -1,5 +1,7 @@
 """RLDS reader: float64 stored as float32, empty episodes, missing keys, splits, the real Bridge set."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,56 @@ def test_stats_cli_with_a_list_action_key_and_octo_transforms(dict_action_datase
     bad = dict(cfg["datasets"][0], format="lerobot")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"horizon": 4, "datasets": [bad]}))
     assert main(["stats", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_split_plans_are_remembered_per_metadata_and_checked(f64_dataset, tmp_path, monkeypatch):
+    """Inside ``plans_in``: shard reads and widths come from the remembered plan without TFDS, the
+    same values; a damaged plan, another split or edited metadata is resolved by TFDS again; an
+    error is not remembered; ``cache prune --older-than`` removes unused plans."""
+    import os
+    import shutil
+    import time
+
+    from stepnorm import values
+    from stepnorm.sources import rlds
+
+    data = tmp_path / "f64"
+    shutil.copytree(f64_dataset, data)
+    plans = tmp_path / "cache" / "plans"
+    fresh = shard_reads(str(data), "train[1:]"), rlds.declared_widths(str(data), ["action", "observation/state"])
+    with rlds.plans_in(plans):
+        assert (shard_reads(str(data), "train[1:]"), rlds.declared_widths(str(data), ["action", "observation/state"])) == fresh
+        files = sorted(plans.rglob("*.json"))
+        assert len(files) == 2
+
+        def no_tfds(*_):
+            raise AssertionError("TFDS consulted")
+
+        monkeypatch.setattr(rlds, "rlds_builder", no_tfds)
+        monkeypatch.setattr(rlds, "_tfds", no_tfds)
+        assert (shard_reads(str(data), "train[1:]"), rlds.declared_widths(str(data), ["action", "observation/state"])) == fresh
+        with pytest.raises(AssertionError, match="TFDS consulted"):
+            shard_reads(str(data), "train")  # another split: another plan
+        monkeypatch.undo()
+        # a damaged plan (its value edited: the checksum disagrees) is resolved again and rewritten
+        doc = json.loads(files[0].read_text())
+        doc["value"] = [[9] * len(v) if isinstance(v, list) else 9 for v in doc["value"]]
+        files[0].write_text(json.dumps(doc))
+        files[1].write_bytes(b"{not json")
+        assert (shard_reads(str(data), "train[1:]"), rlds.declared_widths(str(data), ["action", "observation/state"])) == fresh
+        # edited metadata: new keys, resolved by TFDS
+        info = data / "dataset_info.json"
+        info.write_text(info.read_text().replace('"description": "', '"description": "edited '))
+        before = set(plans.rglob("*.json"))
+        assert shard_reads(str(data), "train[1:]") == fresh[0]
+        assert len(set(plans.rglob("*.json")) - before) == 1
+        with pytest.raises(ConfigError, match="split 'nope'"):
+            shard_reads(str(data), "nope")
+        assert len(set(plans.rglob("*.json")) - before) == 1
+    cache = values.ValuesCache(tmp_path / "cache")
+    assert any("3 RLDS split plans" in line for line in values.list_entries(cache))
+    old = time.time() - 3 * 86400
+    for file in plans.rglob("*.json"):
+        os.utime(file, (old, old))
+    values.prune_entries(cache, older_than_days=1)
+    assert not list(plans.rglob("*.json"))

@@ -27,6 +27,9 @@ reads)::
                                   validators' sample); then a sha256 trailer
     ROOT/values/<kk>/<key>.json   what the entry holds (dataset, file, episodes, steps) for
                                   ``stepnorm cache ls``; its mtime is the entry's last use
+    ROOT/plans/<kk>/<key>.json    an RLDS split's shard reads or declared widths as TFDS resolved
+                                  them from the metadata files (local roots; see
+                                  ``stepnorm.sources.rlds.plans_in``); pruned by age with the entries
 
 ``<key>`` is ``stepnorm.sources.task_values_keys`` (the file's identity, the part read, the
 metadata the reading consults, keys, name, format version); ``<kk>`` its first two characters. An
@@ -120,6 +123,12 @@ class ValuesCache:
         self.files = _BeamFiles() if is_remote(root) else _LocalFiles()
         self.root = os.fspath(root) if is_remote(root) else Path(root)
         self.values_dir = self.files.join(self.root, "values")
+        # RLDS splits' shard plans and declared widths (stepnorm.sources.rlds.plans_in; local roots)
+        self.plans_dir = self.files.join(self.root, "plans")
+
+    def plans(self) -> list[tuple[str, int, float]]:
+        """The remembered RLDS plans: (path, bytes, last use)."""
+        return self.files.listing(self.files.join(self.plans_dir, "*", "*.json"))
 
     def path(self, key: str) -> str:
         return self.files.join(self.values_dir, key[:2], f"{key}.npz")
@@ -359,6 +368,9 @@ def list_entries(cache: ValuesCache) -> list[str]:
                      f"{e['episodes'] if e['episodes'] is not None else '?':>7} episodes "
                      f"{format_size(e['bytes']):>9}  used {used}")
     lines.append(f"{len(entries)} entries, {format_size(sum(e['bytes'] for e in entries))} in {cache.values_dir}")
+    plans = cache.plans()
+    if plans:
+        lines.append(f"{len(plans)} RLDS split plans, {format_size(sum(size for _, size, _ in plans))} in {cache.plans_dir}")
     return lines
 
 
@@ -408,9 +420,15 @@ def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_
     for e in gone:
         cache.remove(e["key"])
     freed = sum(e["bytes"] for e in gone)
+    if older_than_days is not None:  # RLDS plans unused as long (a few KB; recomputed when needed)
+        for plan, size, used in cache.plans():
+            if now - used > older_than_days * 86400:
+                freed += size
+                cache.files.delete(plan)
     # Half-written files of killed runs (never read: entries are renamed into place when complete;
     # both writers name them .<name>.<random>.tmp).
-    for tmp, size, written in cache.files.listing(cache.files.join(cache.values_dir, "*", ".*.tmp")):
+    for tmp, size, written in [*cache.files.listing(cache.files.join(cache.values_dir, "*", ".*.tmp")),
+                               *cache.files.listing(cache.files.join(cache.plans_dir, "*", ".*.tmp"))]:
         if now - written > 3600:
             freed += size
             cache.files.delete(tmp)

@@ -6,13 +6,25 @@ instructions, and TFDS's example proto and numpy conversion decode only the fiel
 (float64 features stored as float32 come back as float64; encoded frames are not copied out unless
 used). Beam's TFRecord code reads the framing and checks CRCs.
 Works on any filesystem TFDS supports (local paths, ``gs://``).
+
+What TFDS resolves from the metadata alone (a split's shard reads, the declared widths) is a
+function of ``dataset_info.json``, ``features.json``, the arguments and the TFDS version; inside
+``plans_in(DIR)`` (``stepnorm stats`` with a local values cache: ``ROOT/plans``) it is remembered
+there under a hash of all of them, so a run whose values all come from the cache does not import
+TFDS (0.4 s of a rerun). A plan is a few hundred bytes per shard, checked by its own sha256 when
+read (a damaged one is recomputed), and removed with the entries by ``stepnorm cache prune``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import hashlib
+import json
 import os
 import struct
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
@@ -44,6 +56,63 @@ def _tfds():
     return tfds
 
 
+PLAN_FORMAT = 1
+_PLANS: contextvars.ContextVar[Path | None] = contextvars.ContextVar("stepnorm_rlds_plans", default=None)
+
+
+@contextlib.contextmanager
+def plans_in(directory: str | os.PathLike | None):
+    """Within: metadata-only results (``shard_reads``, ``declared_widths``) remembered under
+    ``directory`` (None: not remembered)."""
+    token = _PLANS.set(None if directory is None else Path(directory))
+    try:
+        yield
+    finally:
+        _PLANS.reset(token)
+
+
+def _tfds_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("tensorflow-datasets")
+
+
+def _remembered(path: str, what: list, compute):
+    """``compute()`` (JSON-able), or its value remembered for these metadata files, arguments and
+    TFDS version. Errors are not remembered (TFDS raises them again)."""
+    directory = _PLANS.get()
+    if directory is None or is_remote(path):
+        return compute()
+    digest = hashlib.sha256(json.dumps({"format": PLAN_FORMAT, "tfds": _tfds_version(), "path": os.path.abspath(path),
+                                        "what": what}, sort_keys=True).encode())
+    for name in ("dataset_info.json", "features.json"):
+        try:
+            data = Path(path, name).read_bytes()
+        except OSError:
+            return compute()  # TFDS says what is wrong with the directory
+        digest.update(b"\0" + name.encode() + b"\0" + data)
+    key = digest.hexdigest()
+    file = directory / key[:2] / f"{key}.json"
+    try:
+        stored = json.loads(file.read_bytes())
+        body = json.dumps(stored["value"], sort_keys=True)
+        if stored.get("key") == key and stored.get("sha256") == hashlib.sha256(body.encode()).hexdigest():
+            os.utime(file)  # last use, for ``cache prune``
+            return stored["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or damaged: computed again and rewritten
+    value = compute()
+    body = json.dumps(value, sort_keys=True)
+    from stepnorm.outputs import write_atomic
+
+    try:
+        write_atomic(file, json.dumps({"key": key, "path": os.path.abspath(path), "what": what, "value": value,
+                                       "sha256": hashlib.sha256(body.encode()).hexdigest()}))
+    except OSError:
+        pass  # a read-only cache: the plan is only a shortcut
+    return value
+
+
 @functools.lru_cache(maxsize=64)
 def rlds_builder(path: str):
     """The TFDS builder of a dataset directory; InputDataError if it is not one."""
@@ -57,6 +126,12 @@ def rlds_builder(path: str):
 
 def shard_reads(path: str, split: str) -> list[ShardRead]:
     """What a split string selects, shard by shard, in order."""
+    rows = _remembered(str(path), ["shard_reads", split], lambda: [
+        [r.filename, r.skip, r.take, r.first_index, r.shard_length] for r in _shard_reads(path, split)])
+    return [ShardRead(str(f), int(skip), int(take), int(first), int(length)) for f, skip, take, first, length in rows]
+
+
+def _shard_reads(path: str, split: str) -> list[ShardRead]:
     builder = rlds_builder(str(path))
     try:
         instructions = builder.info.splits[split].file_instructions
@@ -268,6 +343,10 @@ def _columns(flat: dict, keys: list[str], where: str, widths: dict[str, int]) ->
 
 def declared_widths(path: str, keys: Sequence[str]) -> list[int]:
     """Per step key, the dims one step holds as ``features.json`` declares them (no data read)."""
+    return [int(w) for w in _remembered(str(path), ["declared_widths", list(keys)], lambda: _declared_widths(path, keys))]
+
+
+def _declared_widths(path: str, keys: Sequence[str]) -> list[int]:
     tfds = _tfds()
     flat = tfds.core.utils.flatten_nest_dict(rlds_builder(str(path)).info.features.get_serialized_info())
     out = []
