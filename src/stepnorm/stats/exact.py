@@ -44,7 +44,8 @@ from stepnorm import chunks
 
 
 DEFAULT_SAMPLE_K = 2000
-SCAN_FLUSH_VALUES = 1 << 22
+# Steps of streamed episodes (values not held in memory) scanned at once in a pass (``_scan``).
+SCAN_BATCH_STEPS = 1 << 18
 # Entries a count pass keeps (near the candidate edges: those a collect pass would read) so that
 # the collect pass need not read the data again; beyond this many (256 MB), it does. About 7% of
 # a 6-dim delta_mask's entries at H=50 and k=2000: 1M steps fit.
@@ -100,7 +101,10 @@ def _bottom_distinct(hashes: np.ndarray, k: int) -> np.ndarray | None:
         distinct = np.unique(low)
         if len(distinct) >= k:
             return hashes <= distinct[k - 1]
-        m += k - len(distinct)  # duplicates among the m smallest: look further
+        # duplicates among the m smallest (the same value in several members): look further, as
+        # far as their share says k distinct values lie (repeated values would otherwise take a
+        # partition per few missing values), at least k - len(distinct) further
+        m = max(m + k - len(distinct), -(-m * k * 11 // (10 * len(distinct))))
     return None
 
 
@@ -672,40 +676,17 @@ def _scan(refs: dict[int, DataRef], sources: Iterable[Source], fn) -> None:
         if ref.data is not None and not callable(ref.data):
             _scan_held(ref, groups, fn)
             continue
-        pending: dict[str, list[np.ndarray]] = {g: [] for g in groups}
-        sizes = dict.fromkeys(groups, 0)
-
-        def flush(group):
-            if not pending[group]:
-                return
-            batches, pending[group], sizes[group] = pending[group], [], 0
-            wanted = groups[group]
-            if group == chunks.DELTA:  # built per position for the wanted cells only
-                dims = ref.acc.groups[group].shape[1]
-                by_lag: dict[int, list[Source]] = {}
-                for src in wanted:
-                    by_lag.setdefault(src.cell // dims, []).append(src)
-                for k, rows in chunks.delta_by_lag(batches, ref.acc.spec.horizon, sorted(by_lag)):
-                    for src in by_lag[k]:
-                        fn(src, rows[src.cell % dims])
-                return
-            flat = np.concatenate(batches, axis=0)
-            flat = flat.reshape(flat.shape[0], -1)
-            rows = np.ascontiguousarray(flat[:, [src.cell for src in wanted]].T)
-            for src, row in zip(wanted, rows):
-                fn(src, row[~np.isnan(row)])
-
+        # streamed (the values are not held): whole episodes gathered into batches of about
+        # SCAN_BATCH_STEPS steps, each scanned column-wise as held values are
+        batch, steps = [], 0
         for episode in ref.episodes():
-            action, state = episode if isinstance(episode, tuple) else (episode.action, episode.state)
-            for group, batch in ref.acc.group_batches(action, state).items():
-                size = ref.acc.groups[group].batch_values(batch) if group in groups else 0
-                if size:
-                    pending[group].append(batch)
-                    sizes[group] += size
-                    if sizes[group] >= SCAN_FLUSH_VALUES:
-                        flush(group)
-        for group in groups:
-            flush(group)
+            batch.append(episode)
+            steps += len(episode[0] if isinstance(episode, tuple) else episode.action)
+            if steps >= SCAN_BATCH_STEPS:
+                _scan_held(DataRef(ref.acc, batch), groups, fn)
+                batch, steps = [], 0
+        if batch:
+            _scan_held(DataRef(ref.acc, batch), groups, fn)
 
 
 def _scan_held(ref: DataRef, groups: dict[str, list[Source]], fn) -> None:
