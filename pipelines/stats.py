@@ -2,8 +2,9 @@
 
 Stage 1 (Beam, only for read tasks whose values are not cached) reads each read task (an RLDS
 shard read, a LeRobot data file) once into the values cache (``stepnorm.values``; imported from
-``stepnorm.pipelines.stats_beam`` only when something must be read). Stage 2 (local) computes
-every statistic from the cached values in one canonical order (tasks in order, episodes in file
+``stepnorm.pipelines.stats_beam`` only when something must be read). Stage 2 (local by default; on
+the Beam runner for large runs, see ``run_stats``) computes every statistic from the cached values
+in one canonical order (tasks in order, episodes in file
 order; a LeRobot dataset's file entries assembled into its episodes, ``sources.cached_episodes``),
 so the artifact is the same bytes (apart from ``created``) whatever the runner, the worker count,
 the bundle split or the cache state.
@@ -55,6 +56,19 @@ def read_into_cache(cfg: Config, items: list, beam_args: Sequence[str], cache: V
     read_values(cfg, items, beam_args, str(cache.root), log)
 
 
+def dataset_episodes(ds, cache: ValuesCache, tasks: list):
+    """A callable giving one dataset's episodes from its cached values (``tasks``: its (ReadTask,
+    cache key) pairs in task order), transforms applied: what stage 2 computes from, in its one
+    order, wherever it runs."""
+    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
+
+    def episodes():
+        for raw in cached_episodes(ds, tasks, cache):
+            yield apply_transforms(raw, transforms) if transforms else raw
+
+    return episodes
+
+
 def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
                       room: list[int] | None = None) -> tuple[ChunkStatsAccumulator, DatasetSample]:
     """One dataset's accumulator and validators' sample from its cached values (``tasks``: its
@@ -62,12 +76,7 @@ def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
     again (exact quantiles): held in memory if they fit in ``room`` (``[entries]``, shared by the
     datasets of a run and reduced by what this one holds; default ``KEEP_NUMERIC_VALUES``), else
     read from the cache again."""
-    transforms = build_transforms(ds.transforms, f"datasets.{ds.name}.transforms")
-
-    def episodes():
-        for raw in cached_episodes(ds, tasks, cache):
-            yield apply_transforms(raw, transforms) if transforms else raw
-
+    episodes = dataset_episodes(ds, cache, tasks)
     acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
     room = [KEEP_NUMERIC_VALUES] if room is None else room
     kept, held = [], 0
@@ -92,14 +101,54 @@ def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
     return acc, sample
 
 
+STAGE2_CHOICES = ("auto", "local", "beam")
+
+
+def parallel_runner(beam_args: Sequence[str]) -> bool:
+    """True when ``beam_args`` run Beam on more than this one process: a ``--runner`` (Dask, a
+    portable job service, Dataflow, Flink, Spark) or ``multi_processing`` with 2+ workers."""
+    from stepnorm.pipelines.runners import runner_name
+
+    if runner_name(beam_args) is not None:
+        return True
+    args = list(beam_args)
+    joined = " ".join(args).replace("=", " ").split()
+    mode = joined[joined.index("--direct_running_mode") + 1] if "--direct_running_mode" in joined[:-1] else None
+    workers = joined[joined.index("--direct_num_workers") + 1] if "--direct_num_workers" in joined[:-1] else "1"
+    return mode == "multi_processing" and workers.isdigit() and int(workers) > 1
+
+
+def numeric_entries(cfg: Config, values: ValuesCache, tasks: dict) -> int:
+    """The run's numeric values as cached (steps times action and state widths, before transforms)."""
+    from stepnorm.sources import declared_widths
+
+    total = 0
+    for ds in cfg.datasets:
+        action, state = declared_widths(ds, values)
+        steps = sum(values.counts(key, ds.name)[1] for _, key in tasks[ds.name])
+        total += steps * (action + (state or 0))
+    return total
+
+
 def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] = (), force: bool = False,
-              log=print, cache: str | os.PathLike | None = None) -> StatsResult:
+              log=print, cache: str | os.PathLike | None = None, stage2: str = "auto") -> StatsResult:
     """Compute every dataset's statistics (reading only the read tasks whose values are not in
     the values cache ``cache``; with ``force``, all of them) and write the artifact to ``out_dir``.
 
     ``out_dir`` must be absent, empty or an earlier stats artifact, and not inside an input; it is
     locked while the run lasts and replaced in one atomic step (see ``stepnorm.outputs``).
+
+    ``stage2``: where the statistics are computed from the cached values: ``local`` (this
+    process), ``beam`` (the Beam runner of ``beam_args``: each dataset's accumulator and its
+    exact-quantile passes on the workers; ``stepnorm.pipelines.stats_beam.stage2_on_beam``), or
+    ``auto``: ``beam`` when the runner runs more than this process (``parallel_runner``), the
+    mixture has several datasets (the unit of work spread: one dataset is accumulated by one
+    call, in its one order) and the run's numeric values exceed what one process holds in memory
+    (``KEEP_NUMERIC_VALUES``: in-process, the passes would read the cache again too), else
+    ``local``. The artifact is the same bytes either way.
     """
+    if stage2 not in STAGE2_CHOICES:
+        raise ValueError(f"stage2 must be one of {STAGE2_CHOICES}, got {stage2!r}")
     t0 = time.monotonic()
     values = ValuesCache(cache)
     # RLDS shard plans and declared widths remembered beside the values (a local cache), so a run
@@ -127,11 +176,20 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
         _warn_metadata(cfg, read)
         if todo:
             read_into_cache(cfg, todo, beam_args, values, log)
-        accs, samples, room = {}, {}, [KEEP_NUMERIC_VALUES]
-        for ds in cfg.datasets:
-            accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, tasks[ds.name], room)
-        _check_counts(cfg, accs, read)
-        doc = artifact_from_accumulators(cfg, accs, fingerprints)
+        on_beam = stage2 == "beam" or (stage2 == "auto" and len(cfg.datasets) > 1 and parallel_runner(beam_args)
+                                        and numeric_entries(cfg, values, tasks) > KEEP_NUMERIC_VALUES)
+        if on_beam:
+            from stepnorm.pipelines.stats_beam import stage2_on_beam
+
+            with stage2_on_beam(cfg, tasks, beam_args, str(values.root), log) as (accs, samples):
+                _check_counts(cfg, accs, read)
+                doc = artifact_from_accumulators(cfg, accs, fingerprints)
+        else:
+            accs, samples, room = {}, {}, [KEEP_NUMERIC_VALUES]
+            for ds in cfg.datasets:
+                accs[ds.name], samples[ds.name] = accumulate_values(cfg, ds, values, tasks[ds.name], room)
+            _check_counts(cfg, accs, read)
+            doc = artifact_from_accumulators(cfg, accs, fingerprints)
         blob_keys = {name: f"{name}-{fingerprints[name]}" for name in accs}
         fill_artifact(staging, doc, {blob_keys[n]: a.to_bytes() for n, a in accs.items()},
                       {blob_keys[n]: s.to_bytes() for n, s in samples.items()})
@@ -174,4 +232,4 @@ def _check_counts(cfg: Config, accs, computed) -> None:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["StatsResult", "accumulate_values", "read_into_cache", "run_stats", "STATS_FILE"]
+__all__ = ["StatsResult", "accumulate_values", "dataset_episodes", "numeric_entries", "parallel_runner", "read_into_cache", "run_stats", "STATS_FILE"]

@@ -30,6 +30,7 @@ import uuid
 from typing import Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -189,6 +190,197 @@ def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: 
     finally:
         if FileSystems.exists(receipts):
             FileSystems.delete([receipts])
+
+
+# -- stage 2 on Beam -------------------------------------------------------------------------------
+#
+# Each dataset's accumulator and validators' sample are computed by one call, on a worker, by the
+# same code and from the same cached values in the same order as in-process
+# (``stepnorm.pipelines.stats.accumulate_values``), so they are the same bytes; the launcher merges
+# nothing but the datasets into their mixture, in config order, as in-process. The exact-quantile
+# passes run over the datasets' cached values on the workers too: counts are integers that add,
+# collected entries are sorted before use, so the quantiles are the same order statistics.
+# Results come back as files in a temporary directory of the values cache (on a cluster, a place
+# the workers and the launcher both see), one per dataset: a dataset whose file is missing fails
+# the run.
+
+STAGE2_FORMAT = 1
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(data)
+
+
+def _read_file(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
+
+
+class AccumulateDatasetFn(beam.DoFn):
+    """Dataset index -> its accumulator and validators' sample, written to ``out``."""
+
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, out: str):
+        self.cfg, self.cache_root, self.tasks, self.out = cfg, cache_root, tasks, out
+
+    def process(self, index):
+        from stepnorm.pipelines.stats import accumulate_values
+
+        ds = self.cfg.datasets[index]
+        # room 0: nothing held for the passes, which run as their own stages
+        acc, sample = accumulate_values(self.cfg, ds, ValuesCache(self.cache_root), self.tasks[ds.name], [0])
+        _write_file(FileSystems.join(self.out, f"{index}.sample"), sample.to_bytes())
+        _write_file(FileSystems.join(self.out, f"{index}.acc"), acc.to_bytes())  # last: the receipt
+        yield index
+
+
+class PassFn(beam.DoFn):
+    """Dataset index -> its share of one exact-quantile pass (``kind`` ``count``: per wanted cell,
+    entries below and at most each edge; ``collect``: the entries inside each interval), written
+    to ``out``. ``request``: per dataset index, ``[((group, cell), edges or intervals, ranges)]``."""
+
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, kind: str, request: dict, out: str):
+        self.cfg, self.cache_root, self.tasks, self.accs = cfg, cache_root, tasks, accs
+        self.kind, self.request, self.out = kind, request, out
+
+    def process(self, index):
+        from stepnorm import blobs
+        from stepnorm.pipelines.stats import KEEP_NUMERIC_VALUES, dataset_episodes
+        from stepnorm.stats import ChunkStatsAccumulator, exact
+
+        ds = self.cfg.datasets[index]
+        acc = ChunkStatsAccumulator.from_bytes(_read_file(FileSystems.join(self.accs, f"{index}.acc")))
+        episodes = dataset_episodes(ds, ValuesCache(self.cache_root), self.tasks[ds.name])
+        # held in memory when they fit (the column-wise scan: several times faster), else streamed;
+        # the same counts and entries either way
+        data, held = [], 0
+        for ep in episodes():
+            held += ep.action.size + (ep.state.size if ep.state is not None else 0)
+            if held > KEEP_NUMERIC_VALUES:
+                data = episodes
+                break
+            data.append((ep.action, ep.state))
+        ref = exact.DataRef(acc, data)
+        rid = id(ref)
+        wanted = self.request[index]
+        sources = [exact.Source(rid, group, cell) for (group, cell), _, _ in wanted]
+        arrays = {}
+        if self.kind == "count":
+            # the entries inside the edges' runs come back too while they fit this dataset's share
+            # of the budget (then no collect pass is needed), as in-process
+            lt, le, kept = exact._count_pass({s: v for s, (_, v, _) in zip(sources, wanted)}, {rid: ref},
+                                             {s: r for s, (_, _, r) in zip(sources, wanted) if r},
+                                             exact.KEEP_VALUES // len(self.request))
+            for i, s in enumerate(sources):
+                arrays[f"{i}.lt"], arrays[f"{i}.le"] = lt[s], le[s]
+                if s in kept:
+                    arrays[f"{i}.kept.bounds"], arrays[f"{i}.kept.values"] = kept[s]
+        else:
+            got = exact.LocalPasses.collect({s: v for s, (_, v, _) in zip(sources, wanted)}, {rid: ref})
+            for i, (s, (_, intervals, _)) in enumerate(zip(sources, wanted)):
+                for j, interval in enumerate(intervals):
+                    arrays[f"{i}.{j}"] = np.sort(got[s][interval])
+        _write_file(FileSystems.join(self.out, f"{index}.{self.kind}"), blobs.pack(arrays, STAGE2_FORMAT))
+        yield index
+
+
+def _run_per_dataset(cfg: Config, beam_args: Sequence[str], indices: list[int], fn: beam.DoFn, out: str,
+                     suffix: str, label: str) -> dict[int, bytes]:
+    """Run ``fn`` over the datasets ``indices`` spread over the workers; every dataset's result
+    file must be there (a runner that drops an element fails the run)."""
+    run_beam(beam_args, lambda p: (p | f"{label}Datasets" >> beam.Create(indices)
+                                   | "Spread" >> beam.Reshuffle() | label >> beam.ParDo(fn)))
+    results = {}
+    for index in indices:
+        path = FileSystems.join(out, f"{index}.{suffix}")
+        if not FileSystems.exists(path):
+            ds = cfg.datasets[index]
+            raise InputDataError(ds.path, f"stage 2 on Beam: the {label.lower()} of dataset {ds.name!r} never came "
+                                          f"back from the workers (the runner dropped it; datasets in != datasets out)")
+        results[index] = _read_file(path)
+    return results
+
+
+class BeamPasses:
+    """The exact-quantile passes of ``stepnorm.stats.exact.resolve`` as Beam jobs over the
+    datasets' cached values (``exact.data_passes``); cells named by dataset index."""
+
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, work: str, beam_args: Sequence[str]):
+        self.cfg, self.cache_root, self.tasks, self.accs = cfg, cache_root, tasks, accs
+        self.work, self.beam_args, self.runs = work, list(beam_args), 0
+        self.index = {ds.name: i for i, ds in enumerate(cfg.datasets)}
+
+    def _run(self, kind: str, by_source: dict, ranges: dict | None, refs) -> tuple[dict, dict]:
+        from stepnorm import blobs
+
+        request: dict[int, list] = {}
+        order: dict[int, list] = {}
+        for src in sorted(by_source, key=lambda s: (self.index[refs[s.ref].acc.name], s.group, s.cell)):
+            index = self.index[refs[src.ref].acc.name]
+            request.setdefault(index, []).append(((src.group, src.cell), by_source[src],
+                                                  list((ranges or {}).get(src, ()))))
+            order.setdefault(index, []).append(src)
+        self.runs += 1
+        out = FileSystems.join(self.work, f"{kind}-{self.runs}")
+        FileSystems.mkdirs(out)
+        fn = PassFn(self.cfg, self.cache_root, self.tasks, self.accs, kind, request, out)
+        got = _run_per_dataset(self.cfg, self.beam_args, sorted(request), fn, out, kind, f"Pass{self.runs}")
+        results = {}
+        for index, blob in got.items():
+            with blobs.unpack(blob, STAGE2_FORMAT, "stage-2 pass result") as z:
+                results[index] = {name: z[name].copy() for name in z}
+        return order, results
+
+    def count(self, source_edges, refs, ranges=None):
+        order, results = self._run("count", source_edges, ranges, refs)
+        lt, le, kept = {}, {}, {}
+        for index, sources in order.items():
+            got = results[index]
+            for i, src in enumerate(sources):
+                lt[src], le[src] = got[f"{i}.lt"], got[f"{i}.le"]
+                if f"{i}.kept.values" in got:
+                    kept[src] = (got[f"{i}.kept.bounds"], got[f"{i}.kept.values"])
+        return lt, le, kept
+
+    def collect(self, intervals, refs):
+        intervals = {s: sorted(v) for s, v in intervals.items()}
+        order, results = self._run("collect", intervals, None, refs)
+        out = {}
+        for index, sources in order.items():
+            for i, src in enumerate(sources):
+                out[src] = {iv: results[index][f"{i}.{j}"] for j, iv in enumerate(intervals[src])}
+        return out
+
+
+@contextlib.contextmanager
+def stage2_on_beam(cfg: Config, tasks: dict, beam_args: Sequence[str], cache_root: str, log=print):
+    """Stage 2 of ``stepnorm stats`` on Beam: yields ``(accumulators, samples)`` computed on the
+    workers, inside ``exact.data_passes`` of ``BeamPasses`` (so ``artifact_from_accumulators``
+    there runs its passes on the workers too). The temporary files go when it ends."""
+    from stepnorm.samples import DatasetSample
+    from stepnorm.stats import ChunkStatsAccumulator, exact
+
+    work = FileSystems.join(cache_root, f".stage2-{uuid.uuid4().hex}")
+    accs_dir = FileSystems.join(work, "accumulators")
+    FileSystems.mkdirs(accs_dir)
+    try:
+        started = time.monotonic()
+        indices = list(range(len(cfg.datasets)))
+        fn = AccumulateDatasetFn(cfg, cache_root, tasks, accs_dir)
+        got = _run_per_dataset(cfg, beam_args, indices, fn, accs_dir, "acc", "Accumulate")
+        accs, samples = {}, {}
+        for index, blob in got.items():
+            name = cfg.datasets[index].name
+            accs[name] = ChunkStatsAccumulator.from_bytes(blob)
+            samples[name] = DatasetSample.from_bytes(_read_file(FileSystems.join(accs_dir, f"{index}.sample")))
+        log(f"stage 2 on Beam: {len(indices)} datasets accumulated on the workers ({time.monotonic() - started:.1f}s)")
+        passes = BeamPasses(cfg, cache_root, tasks, accs_dir, work, beam_args)
+        with exact.data_passes(passes):
+            yield accs, samples
+        log(f"stage 2 on Beam: {passes.runs} exact-quantile passes on the workers")
+    finally:
+        if FileSystems.exists(work):
+            FileSystems.delete([work])
 
 
 def _receipt(receipts: str, task: ReadTask) -> dict | None:
@@ -356,4 +548,4 @@ def _relayed_errors_kept_out():
         root.removeFilter(relayed)
 
 
-__all__ = ["ReadIntoCache", "ReadTaskFn", "make_pipeline_options", "read_values", "run_beam", "task_key"]
+__all__ = ["AccumulateDatasetFn", "BeamPasses", "PassFn", "ReadIntoCache", "ReadTaskFn", "stage2_on_beam", "make_pipeline_options", "read_values", "run_beam", "task_key"]

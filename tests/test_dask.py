@@ -232,3 +232,30 @@ def test_the_refused_shapes_really_lose_data_on_dask(shape, expected, got, dask_
             counts[f.name.split("-")[0]] = counts.get(f.name.split("-")[0], 0) + 1
     assert counts != expected
     assert counts == got
+
+
+def test_stage2_on_dask_gives_the_default_runners_artifact(sample_config, dask_cluster, tmp_path, capsys):
+    """``--stage2 beam`` on the Dask cluster: each dataset's accumulator and the exact-quantile
+    passes (small sketch_k: they run for most cells) on the Dask workers; the same artifact bytes
+    as the default runner's in-process stage 2."""
+    doc = yaml.safe_load(sample_config.read_text())
+    doc["sketch_k"] = 16
+    for ds in doc["datasets"]:  # paths are relative to the config's directory
+        ds["path"] = str((sample_config.parent / ds["path"]).resolve())
+    cfg = tmp_path / "small-k.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    code, _, _ = run_cli(["stats", str(cfg), "--out", str(tmp_path / "local")], capsys)
+    assert code == 0
+    code, out, err = run_cli(["stats", str(cfg), "--out", str(tmp_path / "dask"), "--stage2", "beam"]
+                             + dask_args(dask_cluster), capsys)
+    assert code == 0, err
+    assert "stage 2 on Beam: 2 datasets accumulated on the workers" in out
+    assert int(re.search(r"(\d+) exact-quantile passes on the workers", out).group(1)) >= 1, out
+    assert out.count("dask: 2 tasks in 2 partitions over 2 workers") >= 2, out  # accumulate, passes
+
+    def files(root):
+        got = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        got[Path("stats.json")] = re.sub(rb'"created": "[^"]*"', b"", got[Path("stats.json")])
+        return got
+
+    assert files(tmp_path / "dask") == files(tmp_path / "local")

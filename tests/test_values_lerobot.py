@@ -447,3 +447,16 @@ def test_info_json_what_reading_consults_reads_again_the_rest_only_restales(data
     assert re.search(r"robot\s+computed\s+6 episodes\s+52 steps\n", printed), printed
     _stats(cfg, tmp_path / "fresh", tmp_path / "fresh-cache", capsys)
     assert _bytes(tmp_path / "b") == _bytes(tmp_path / "fresh")
+
+
+def test_stage2_on_beam_assembles_episodes_across_files(dataset, tmp_path, capsys):
+    """Stage 2 on Beam assembles the episode that continues into the next file, as in-process
+    stage 2 does: the same artifact bytes (sketch_k small, so the exact passes run)."""
+    cfg = _config(tmp_path / "c.yaml", dataset, sketch_k=8)
+    _stats(cfg, tmp_path / "local", tmp_path / "cache", capsys, "--stage2", "local")
+    printed = _stats(cfg, tmp_path / "beam", tmp_path / "cache", capsys, "--stage2", "beam")
+    assert "1 datasets accumulated on the workers" in printed and "extract reused" in printed
+    assert int(re.search(r"(\d+) exact-quantile passes on the workers", printed).group(1)) >= 1
+    assert _bytes(tmp_path / "beam") == _bytes(tmp_path / "local")
+    for blob in sorted((tmp_path / "local").rglob("*.npz")):
+        assert (tmp_path / "beam" / blob.relative_to(tmp_path / "local")).read_bytes() == blob.read_bytes()

@@ -41,7 +41,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     print(f"stepnorm stats: {len(cfg.datasets)} datasets, H={cfg.horizon}, weighting={cfg.weighting}")
-    result = run_stats(cfg, args.out, args.beam_args, force=args.force, cache=args.cache)
+    result = run_stats(cfg, args.out, args.beam_args, force=args.force, cache=args.cache, stage2=args.stage2)
     print(f"stats artifact: {result.stats_path} ({result.seconds:.1f}s)")
     return 0
 
@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="read every dataset again (rebuild its values cache entry)")
     p.add_argument("--cache", default=None,
                    help="values cache directory (default $STEPNORM_CACHE, else $XDG_CACHE_HOME/stepnorm or ~/.cache/stepnorm)")
+    p.add_argument("--stage2", choices=["auto", "local", "beam"], default="auto",
+                   help="where the statistics are computed from the cached values: this process, the Beam "
+                        "runner's workers (one dataset per call), or auto (Beam on a multi-process runner for a "
+                        "mixture whose numeric values exceed 512 MB; the same artifact either way)")
     p.set_defaults(func=_stats, accepts_beam_options=True)
 
     p = sub.add_parser("cache", help="the values cache: ls, rm (entries or a dataset's), prune (by age or size)")
