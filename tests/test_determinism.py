@@ -279,8 +279,17 @@ def test_cache_ls_rm_prune(datasets, tmp_path, capsys):
     leftover = next(cache.glob("values/*/")) / ".abc.npz.k1ll3d.tmp"  # as a killed run leaves it (outputs.write_atomic)
     leftover.write_bytes(b"x")
     os.utime(leftover, (old, old))
+    # scratch directories a killed run leaves (stage 2 on Beam's results, stage 1's receipts): an
+    # old one goes, one a running run may still use (changed within the hour) stays
+    killed, running = cache / ".stage2-0ld" / "accumulators", cache / ".receipts-n0w"
+    killed.mkdir(parents=True)
+    running.mkdir()
+    (killed / "0.acc").write_bytes(b"x" * 10)
+    (running / "task.json").write_bytes(b"{}")
+    for path in (killed / "0.acc", killed, killed.parent):
+        os.utime(path, (old, old))
     assert main(["cache", "prune", "--older-than", "1", "--cache", str(cache)]) == 0
-    assert not leftover.exists()
+    assert not leftover.exists() and not killed.parent.exists() and (running / "task.json").exists()
     assert "removed 3 entries" in capsys.readouterr().out
     assert main(["cache", "prune", "--max-size", "0", "--cache", str(cache)]) == 0
     assert "removed 5 entries" in capsys.readouterr().out
@@ -290,3 +299,76 @@ def test_cache_ls_rm_prune(datasets, tmp_path, capsys):
     assert main(["cache", "rm", "--cache", str(cache)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("stepnorm: error:") for e in err)
+
+
+def _artifact_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of an artifact (stats.json with ``created`` blanked), by relative path."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    files["stats.json"] = _bytes(out).encode()
+    return files
+
+
+def test_stage2_on_beam_gives_the_same_artifact(datasets, real_data, tmp_path, capsys, monkeypatch):
+    """Stage 2 on Beam (each dataset's accumulator and its exact-quantile passes on the workers,
+    here with a real LeRobot dataset beside two RLDS ones, small sketch_k so the passes run for
+    most cells, a delta_mask and both weightings) gives the artifact of the in-process stage 2,
+    every file the same bytes, in-process and on 2 worker processes; ``auto`` picks Beam only on a
+    multi-process runner with more numeric values than one process holds."""
+    from stepnorm.pipelines import stats as stats_pipeline
+
+    lerobot = {"name": "so101", "format": "lerobot", "path": str(real_data / "so101_record_test_lerobot_v30"),
+               "action_key": "action", "state_key": "observation.state", "weight": 0.5,
+               "transforms": [{"name": "select_dims", "args": {"key": k, "dims": [0, 1, 2, 5]}}
+                              for k in ("action", "state")]}
+    for weighting in ("samples", "mixture"):
+        cfg = _config(tmp_path / f"{weighting}.yaml", {"seven": datasets["seven"], "one": datasets["one"]},
+                      sketch_k=16, weighting=weighting)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["delta_mask"] = None
+        doc["datasets"].append(lerobot)
+        cfg.write_text(yaml.safe_dump(doc))
+        cache = str(tmp_path / "cache")
+        local = _stats(cfg, tmp_path / f"local-{weighting}", "--cache", cache, "--stage2", "local", capsys=capsys)
+        assert "stage 2 on Beam" not in local
+        beam = _stats(cfg, tmp_path / f"beam-{weighting}", "--cache", cache, "--stage2", "beam", capsys=capsys)
+        assert "3 datasets accumulated on the workers" in beam
+        passes = int(re.search(r"stage 2 on Beam: (\d+) exact-quantile passes", beam).group(1))
+        assert passes >= 1  # a count pass at least (its kept entries may answer the rest)
+        assert _artifact_bytes(tmp_path / f"beam-{weighting}") == _artifact_bytes(tmp_path / f"local-{weighting}")
+    # the delta_mask of _config, 2 worker processes, and auto with a tiny in-memory budget
+    cfg = _config(tmp_path / "delta.yaml", {"seven": datasets["seven"], "one": datasets["one"]}, sketch_k=16)
+    _stats(cfg, tmp_path / "local", "--cache", cache, "--stage2", "local")
+    mp = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
+    assert "stage 2 on Beam" not in _stats(cfg, tmp_path / "auto", "--cache", cache, *mp, capsys=capsys)
+    monkeypatch.setattr(stats_pipeline, "KEEP_NUMERIC_VALUES", 100)
+    assert "stage 2 on Beam" not in _stats(cfg, tmp_path / "auto", "--cache", cache, capsys=capsys)  # one process
+    printed = _stats(cfg, tmp_path / "auto", "--cache", cache, *mp, capsys=capsys)
+    assert "2 datasets accumulated on the workers" in printed
+    assert _artifact_bytes(tmp_path / "auto") == _artifact_bytes(tmp_path / "local")
+    assert not list(Path(cache).glob(".stage2-*"))  # the workers' results are removed
+    # one dataset: one call would do all of it, so auto stays in this process
+    single = _config(tmp_path / "single.yaml", {"seven": datasets["seven"]}, sketch_k=16)
+    assert "stage 2 on Beam" not in _stats(single, tmp_path / "single", "--cache", cache, *mp, capsys=capsys)
+
+
+def test_stage2_on_beam_fails_when_a_dataset_never_comes_back(datasets, tmp_path, monkeypatch, capsys):
+    """A runner that drops a dataset's stage-2 element fails the run (exit 2, one line) instead of
+    writing statistics without it."""
+    from stepnorm.pipelines import stats_beam
+
+    cfg = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]})
+    _stats(cfg, tmp_path / "warm", "--cache", str(tmp_path / "cache"))
+    real = stats_beam.AccumulateDatasetFn.process
+
+    def dropping(self, index):
+        if index == 1:
+            return iter(())
+        return real(self, index)
+
+    monkeypatch.setattr(stats_beam.AccumulateDatasetFn, "process", dropping)
+    capsys.readouterr()
+    assert main(["stats", str(cfg), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                 "--stage2", "beam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never came back from the workers" in err[0] and "'one'" in err[0], err
+    assert not (tmp_path / "out").exists()

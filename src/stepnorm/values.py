@@ -262,6 +262,12 @@ class _LocalFiles:
     def delete(path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
+    @staticmethod
+    def delete_tree(path: str) -> None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
 
 class _BeamFiles:
     """The cache's file operations on a Beam filesystem URL (``apache_beam.io.filesystems``).
@@ -328,6 +334,9 @@ class _BeamFiles:
                 self.fs.delete([path])
         except Exception:
             pass
+
+    def delete_tree(self, path: str) -> None:
+        self.delete(path)  # Beam's delete removes a directory (a prefix) with what it holds
 
 
 def _corrupt(path: str, problem: str) -> CacheError:
@@ -432,4 +441,26 @@ def prune_entries(cache: ValuesCache, older_than_days: float | None = None, max_
         if now - written > 3600:
             freed += size
             cache.files.delete(tmp)
+    # Scratch directories of killed runs (stage 1's receipts, stage 2 on Beam's results: a run
+    # removes its own when it ends), once nothing in them changed for an hour.
+    for scratch, size, changed in scratch_dirs(cache):
+        if now - changed > 3600:
+            freed += size
+            cache.files.delete_tree(scratch)
     return len(gone), freed
+
+
+SCRATCH_PATTERNS = (".receipts-*", ".stage2-*")
+
+
+def scratch_dirs(cache: ValuesCache) -> list[tuple[str, int, float]]:
+    """``(directory, bytes, last change)`` of the runs' scratch directories in the cache root
+    (``SCRATCH_PATTERNS``; at most two levels of files below each)."""
+    out = []
+    for pattern in SCRATCH_PATTERNS:
+        for directory, _, changed in cache.files.listing(cache.files.join(cache.root, pattern)):
+            files = [*cache.files.listing(cache.files.join(directory, "*")),
+                     *cache.files.listing(cache.files.join(directory, "*", "*"))]
+            out.append((directory, sum(size for _, size, _ in files),
+                        max([changed, *(when for _, _, when in files)])))
+    return out
