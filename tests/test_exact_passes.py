@@ -8,7 +8,7 @@
 """
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from stepnorm.stats import AccumulatorSpec, ChunkStatsAccumulator
@@ -169,6 +169,7 @@ def test_held_scan_sees_the_entries_of_the_streamed_scan(seed, horizon, delta_ma
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 60), max_size=300), st.integers(1, 80))
+@example(values=[0, 0, 1, 2], k=2)  # the look-ahead passes every entry with > k distinct left
 def test_bottom_distinct_keeps_the_entries_of_the_k_smallest_distinct_hashes(values, k):
     """A target's merged sample keeps every member entry of the union's k distinct values of
     smallest hash (``_bottom_distinct``, by partitions): against a sort of the distinct hashes."""

@@ -95,8 +95,9 @@ def _smallest_hashes(values: np.ndarray, k: int, hashes: np.ndarray | None = Non
 def _bottom_distinct(hashes: np.ndarray, k: int) -> np.ndarray | None:
     """Mask of the entries whose hash is among the ``k`` smallest distinct ``hashes`` (None: all
     of them are), found with partitions instead of a sort of every entry."""
+    n = len(hashes)
     m = k
-    while m < len(hashes):
+    while m < n:
         low = hashes[hashes <= np.partition(hashes, m - 1)[m - 1]]
         distinct = np.unique(low)
         if len(distinct) >= k:
@@ -105,7 +106,10 @@ def _bottom_distinct(hashes: np.ndarray, k: int) -> np.ndarray | None:
         # far as their share says k distinct values lie (repeated values would otherwise take a
         # partition per few missing values), at least k - len(distinct) further
         m = max(m + k - len(distinct), -(-m * k * 11 // (10 * len(distinct))))
-    return None
+    # the look-ahead reached every entry: decide on all of them (more than k distinct values
+    # may still be there, e.g. k=2 over hashes [a, a, b, c])
+    distinct = np.unique(hashes)
+    return hashes <= distinct[k - 1] if len(distinct) > k else None
 
 
 def count_threshold(n: int, q: float) -> int:
