@@ -18,6 +18,8 @@ parent imports no numpy and generates nothing, so no child's ru_maxrss starts fr
         default), default in-process runner, a fresh --cache dir: reads every file
   (a')  the same config again with that cache warm: no data file read, only stage 2 (statistics
         from the values cache)
+  (a'') as (a'), with `--stage2 beam` on 2 `multi_processing` worker processes (the dataset's
+        parts spread over them); its artifact must be the same bytes as (a')'s (printed)
   (a0)  as (a) without the delta_mask (fresh cache), and (a0') its warm rerun
   (b)   Octo's in-RAM method: every file's action and state columns into RAM with pyarrow, numpy
         mean/std/min/max and np.quantile q01/q99 (numpy's default rule, as Octo/OpenVLA) over all
@@ -39,13 +41,14 @@ Data files are read once, untimed, before the timed runs (warm page cache for ev
 
 Usage: python bench/bench_droid.py [--data /tmp/bench_droid] [--steps 30000000]
            [--episodes-style droid|long] [--naive-max-steps 2000000] [--rows-per-file 1000000]
-           [--methods a,a',a0,a0',b,c,d,ref] [--seed 0]
+           [--methods a,a',a'',a0,a0',b,c,d,ref] [--seed 0]
 Development / smoke run: python bench/bench_droid.py --steps 1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -71,8 +74,10 @@ MARKER = "bench_droid.json"
 NAME = "droid_bench"
 ACTION_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper", "joint_7"]
-A_WARM, A0_WARM = "a'", "a0'"
-METHODS = ("a", A_WARM, "a0", A0_WARM, "b", "c", "d", "ref")
+A_WARM, A0_WARM, A_BEAM = "a'", "a0'", "a''"
+METHODS = ("a", A_WARM, A_BEAM, "a0", A0_WARM, "b", "c", "d", "ref")
+# (a''): stage 2 on Beam, the dataset's parts spread over this many worker processes
+BEAM_WORKERS = ("--stage2", "beam", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,15 +388,28 @@ def write_config(path: Path, dataset: Path, delta: bool) -> Path:
 READ_LINE = re.compile(r"reading ([0-9.]+)s, then ([0-9.]+)s to the job's end")
 
 
-def stepnorm_stats(cfg: Path, out: Path, cache: Path, force: bool) -> dict:
+def stepnorm_stats(cfg: Path, out: Path, cache: Path, force: bool, extra: tuple[str, ...] = ()) -> dict:
     wall, rss, stdout = run([PY, "-m", "stepnorm.cli", "stats", str(cfg), "--out", str(out), "--cache", str(cache),
-                             *(["--force"] if force else [])])
+                             *(["--force"] if force else []), *extra])
     inner = re.search(r"stats artifact: .* \(([0-9.]+)s\)", stdout)
     read = READ_LINE.search(stdout)
     status = re.search(rf"{NAME}\s+(reused|computed)", stdout)
     return {"wall": wall, "rss": rss, "inner": float(inner.group(1)) if inner else float("nan"),
             "reading": float(read.group(1)) if read else None, "status": status.group(1) if status else "?",
             "artifact": out / "stats.json"}
+
+
+def _artifact_digest(out: Path) -> dict[str, str]:
+    """Every file of an artifact by relative path -> sha256 (stats.json without ``created``)."""
+    digests = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "stats.json":
+            doc = json.loads(data)
+            doc.pop("created", None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        digests[str(path.relative_to(out))] = hashlib.sha256(data).hexdigest()
+    return digests
 
 
 def _mem_total() -> int:
@@ -439,8 +457,8 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
-    if A_WARM in methods and "a" not in methods or A0_WARM in methods and "a0" not in methods:
-        parser.error("a' needs a, and a0' needs a0 (the warm run reuses their cache)")
+    if (A_WARM in methods or A_BEAM in methods) and "a" not in methods or A0_WARM in methods and "a0" not in methods:
+        parser.error("a' and a'' need a, and a0' needs a0 (the warm run reuses their cache)")
 
     dataset, info = ensure_dataset(Path(args.data), args.steps, args.episodes_style, args.seed, args.rows_per_file)
     size = warm(dataset)
@@ -463,12 +481,14 @@ def main() -> None:
             rows["(d) read the data files' bytes"] = {"wall": wall, "rss": rss, "steps": steps}
         plan = [("a", cfg_delta, "cache-delta", True, "(a) stepnorm stats, H=50, delta_mask 6 dims, every file read"),
                 (A_WARM, cfg_delta, "cache-delta", False, "(a') same, values cache warm (stage 2 only)"),
+                (A_BEAM, cfg_delta, "cache-delta", False, "(a'') as (a'), --stage2 beam on 2 worker processes"),
                 ("a0", cfg_plain, "cache-plain", True, "(a0) stepnorm stats, H=50, no delta_mask, every file read"),
                 (A0_WARM, cfg_plain, "cache-plain", False, "(a0') same, values cache warm (stage 2 only)")]
         for key, cfg, cache, force, label in plan:
             if key in methods:
                 print(f"running {label} ...", flush=True)
-                r = sn[key] = stepnorm_stats(cfg, work / f"out-{key.replace(A_WARM[-1], '-warm')}", work / cache, force)
+                r = sn[key] = stepnorm_stats(cfg, work / f"out-{key.replace(A_WARM[-1], '-warm')}", work / cache, force,
+                                             BEAM_WORKERS if key == A_BEAM else ())
                 expect = "computed" if force else "reused"
                 if r["status"] == "?":
                     print(f"  warning: no '{NAME} computed|reused' line in the CLI's output; cannot confirm "
@@ -501,6 +521,9 @@ def main() -> None:
                     "wall": wall, "rss": rss, "steps": naive["steps"], "partial": True}
                 rows[f"(c) naive per-timestep, EXTRAPOLATED x{scale:.1f} (linear, NOT run)"] = {
                     "wall": naive["wall_full"], "rss": naive["rss_full"], "steps": steps, "extrapolated": True}
+        same_bytes = None
+        if A_WARM in sn and A_BEAM in sn:
+            same_bytes = _artifact_digest(sn[A_WARM]["artifact"].parent) == _artifact_digest(sn[A_BEAM]["artifact"].parent)
         check = None
         artifacts = [str(sn[k]["artifact"]) for k in ("a", "a0") if k in sn]
         if artifacts:
@@ -528,7 +551,7 @@ def main() -> None:
 
     if sn:
         print("\nstepnorm, in-process seconds (as the CLI reports them; wall includes Python start-up and imports):")
-    for key in ("a", A_WARM, "a0", A0_WARM):
+    for key in ("a", A_WARM, A_BEAM, "a0", A0_WARM):
         if key in sn:
             r = sn[key]
             read = f", of it reading into the values cache {r['reading']:.1f}s" if r["reading"] is not None else ""
@@ -539,7 +562,8 @@ def main() -> None:
     inner = {k: v["inner"] for k, v in sn.items()}
     rss = {k: v["rss"] for k, v in sn.items()}
     for text, x, y in [("delta / no-delta, full runs", "a", "a0"), ("delta / no-delta, stage 2 only", A_WARM, A0_WARM),
-                       ("warm cache vs full run", A_WARM, "a"), ("warm cache vs full run", A0_WARM, "a0")]:
+                       ("warm cache vs full run", A_WARM, "a"), ("warm cache vs full run", A0_WARM, "a0"),
+                       ("stage 2 on Beam vs in-process", A_BEAM, A_WARM)]:
         if x in wall and y in wall:
             print(f"{text + ':':34s} {'(' + x + ')/(' + y + ')':12s} = {wall[x] / wall[y]:6.2f}  "
                   f"(in-process {inner[x] / inner[y]:.2f}; peak memory {rss[x] / rss[y]:.2f}x)")
@@ -554,6 +578,8 @@ def main() -> None:
             n_wall, n_rss = (naive["wall"], naive["rss"]) if naive["full"] else (naive["wall_full"], naive["rss_full"])
             print(f"{'naive per-timestep vs stepnorm:':34s} {'(c)/(' + key + ')':12s} = {n_wall / wall[key]:6.2f}  "
                   f"({label}; peak memory {n_rss / rss[key]:.1f}x)")
+    if same_bytes is not None:
+        print(f"(a'') artifact (stats.json but 'created', blobs) the same bytes as (a'): {same_bytes}")
     if check is not None:
         print(f"\nper-timestep q01/q99/count of action dim {PLAIN_DIM} (not a delta dim) at positions 0 and {HORIZON - 1}, "
               f"artifacts {', '.join('(' + k + ')' for k in ('a', 'a0') if k in sn)}, dataset + combined blocks, "

@@ -38,6 +38,12 @@ from stepnorm.values import ValuesCache
 KEEP_NUMERIC_VALUES = 1 << 26
 # Steps offered to the validators' sample at once (``DatasetSample.add_episodes``).
 SAMPLE_BATCH_STEPS = 1 << 16
+# Steps of one dataset accumulated by one call, at most (a part; ``part_steps``,
+# ``episode_parts``): stage 2 on Beam spreads a dataset's parts over the workers, and in-process
+# the parts' moments are accumulated one after the other and merged in the same order, so the
+# bytes do not depend on where they ran. A part on a worker builds its own bracketing samples
+# (about 3 s of a 5M-step DROID-like set's 16 s at H=50 with a delta_mask), hence parts this large.
+PART_STEPS = 1 << 22
 
 
 @dataclass
@@ -69,36 +75,91 @@ def dataset_episodes(ds, cache: ValuesCache, tasks: list):
     return episodes
 
 
+def part_steps(steps: int) -> int:
+    """The steps of each part (``episode_parts``) of a dataset of ``steps`` cached steps: its
+    ``ceil(steps / PART_STEPS)`` parts made about equal."""
+    if steps <= 0:
+        return PART_STEPS
+    parts = -(-steps // PART_STEPS)
+    return -(-steps // parts)
+
+
+def episode_parts(episodes, steps_per_part: int):
+    """``(part, episode)`` for ``episodes`` in order: a new part starts at the first episode
+    boundary once the current part holds ``steps_per_part`` steps (so a dataset of ``S`` steps
+    has at most ``S // steps_per_part + 1`` parts, ``max_parts``)."""
+    part, steps = 0, 0
+    for ep in episodes:
+        if steps >= steps_per_part:
+            part, steps = part + 1, 0
+        steps += len(ep.action)
+        yield part, ep
+
+
+def max_parts(steps: int, steps_per_part: int) -> int:
+    """An upper bound of ``episode_parts``' parts for a dataset of at most ``steps`` steps."""
+    return steps // steps_per_part + 1
+
+
+def merge_part(total, part: ChunkStatsAccumulator, samples: bool = True) -> ChunkStatsAccumulator:
+    """The dataset's accumulator so far (``total``, None before the first part) with the next
+    ``part``: parts merged in part order, wherever they were computed (``samples``: see
+    ``ChunkStatsAccumulator.merge``)."""
+    part.flush()
+    return part if total is None else total.merge(part, samples)
+
+
+def offer_to_sample(ds, sample: DatasetSample, offered: list, ep=None) -> None:
+    """Offer ``ep`` (None: what is left) to the validators' sample, in batches of
+    ``SAMPLE_BATCH_STEPS`` steps (``offered``: ``[steps, episodes]`` waiting; the same sample)."""
+    if ep is not None:
+        offered[1].append((ep.index, ep.action, ep.state, ep.images))
+        offered[0] += len(ep.action)
+    if ep is None or offered[0] >= SAMPLE_BATCH_STEPS:
+        sample.add_episodes(ds.name, offered[1])
+        offered[:] = [0, []]
+
+
 def accumulate_values(cfg: Config, ds, cache: ValuesCache, tasks: list,
                       room: list[int] | None = None) -> tuple[ChunkStatsAccumulator, DatasetSample]:
     """One dataset's accumulator and validators' sample from its cached values (``tasks``: its
     (ReadTask, cache key) pairs in task order), transforms applied; ``acc.data`` gives the values
     again (exact quantiles): held in memory if they fit in ``room`` (``[entries]``, shared by the
     datasets of a run and reduced by what this one holds; default ``KEEP_NUMERIC_VALUES``), else
-    read from the cache again."""
+    read from the cache again.
+
+    The episodes' moments are accumulated by parts (``episode_parts``, ``part_steps``) merged in
+    part order, as ``stage2_on_beam`` computes them one part per worker: the same bytes. Here the
+    parts continue one bracketing sample and one validators' sample (bottom-k samples: the same
+    however the episodes are split), so a part costs no sample of its own."""
     episodes = dataset_episodes(ds, cache, tasks)
-    acc, sample = ChunkStatsAccumulator(cfg.accumulator_spec(), ds.name), DatasetSample()
     room = [KEEP_NUMERIC_VALUES] if room is None else room
     kept, held = [], 0
-    offered, offered_steps = [], 0  # the sample takes episodes in batches (the same sample)
-    for ep in episodes():
+    spec, shared = cfg.accumulator_spec(), {}
+    sample, offered = DatasetSample(), [0, []]
+    total, acc, at = None, None, -1
+    for number, ep in episode_parts(episodes(), part_steps(cached_steps(ds, cache, tasks))):
+        if number != at:
+            if acc is not None:
+                total = merge_part(total, acc, samples=False)
+            acc, at = ChunkStatsAccumulator(spec, ds.name, shared_samples=shared), number
         acc.add_episode(ep.action, ep.state, source=ep.source)
-        offered.append((ep.index, ep.action, ep.state, ep.images))
-        offered_steps += len(ep.action)
-        if offered_steps >= SAMPLE_BATCH_STEPS:
-            sample.add_episodes(ds.name, offered)
-            offered, offered_steps = [], 0
+        offer_to_sample(ds, sample, offered, ep)
         if kept is not None:
             held += ep.action.size + (ep.state.size if ep.state is not None else 0)
             if held > room[0]:
                 kept = None  # too large to hold: the exact passes read the cache again
             else:
                 kept.append((ep.action, ep.state))
-    sample.add_episodes(ds.name, offered)
+    total = merge_part(total, acc if acc is not None else ChunkStatsAccumulator(spec, ds.name), samples=False)
+    offer_to_sample(ds, sample, offered)
+    for key, group in total.groups.items():  # the dataset's one sample per group
+        group.samples = shared.get(key, group.samples)
+    total.shared_samples = None
     if kept is not None:
         room[0] -= held
-    acc.data = episodes if kept is None else kept
-    return acc, sample
+    total.data = episodes if kept is None else kept
+    return total, sample
 
 
 STAGE2_CHOICES = ("auto", "local", "beam")
@@ -118,6 +179,12 @@ def parallel_runner(beam_args: Sequence[str]) -> bool:
     return mode == "multi_processing" and workers.isdigit() and int(workers) > 1
 
 
+def cached_steps(ds, values: ValuesCache, tasks: list) -> int:
+    """Dataset ``ds``'s steps as cached (``tasks``: its (ReadTask, cache key) pairs; its entries'
+    rows: at least the steps it has)."""
+    return sum(values.counts(key, ds.name)[1] for _, key in tasks)
+
+
 def numeric_entries(cfg: Config, values: ValuesCache, tasks: dict) -> int:
     """The run's numeric values as cached (steps times action and state widths, before transforms)."""
     from stepnorm.sources import declared_widths
@@ -125,8 +192,7 @@ def numeric_entries(cfg: Config, values: ValuesCache, tasks: dict) -> int:
     total = 0
     for ds in cfg.datasets:
         action, state = declared_widths(ds, values)
-        steps = sum(values.counts(key, ds.name)[1] for _, key in tasks[ds.name])
-        total += steps * (action + (state or 0))
+        total += cached_steps(ds, values, tasks[ds.name]) * (action + (state or 0))
     return total
 
 
@@ -139,13 +205,13 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
     locked while the run lasts and replaced in one atomic step (see ``stepnorm.outputs``).
 
     ``stage2``: where the statistics are computed from the cached values: ``local`` (this
-    process), ``beam`` (the Beam runner of ``beam_args``: each dataset's accumulator and its
-    exact-quantile passes on the workers; ``stepnorm.pipelines.stats_beam.stage2_on_beam``), or
-    ``auto``: ``beam`` when the runner runs more than this process (``parallel_runner``), the
-    mixture has several datasets (the unit of work spread: one dataset is accumulated by one
-    call, in its one order) and the run's numeric values exceed what one process holds in memory
-    (``KEEP_NUMERIC_VALUES``: in-process, the passes would read the cache again too), else
-    ``local``. The artifact is the same bytes either way.
+    process), ``beam`` (the Beam runner of ``beam_args``: each dataset's parts' accumulators
+    and their share of the exact-quantile passes on the workers;
+    ``stepnorm.pipelines.stats_beam.stage2_on_beam``), or ``auto``: ``beam`` when the runner runs
+    more than this process (``parallel_runner``), the run has more than one unit of work (a
+    dataset's part of ``PART_STEPS`` steps, ``episode_parts``) and its numeric values exceed what
+    one process holds in memory (``KEEP_NUMERIC_VALUES``: in-process, the passes would read the
+    cache again too), else ``local``. The artifact is the same bytes either way.
     """
     if stage2 not in STAGE2_CHOICES:
         raise ValueError(f"stage2 must be one of {STAGE2_CHOICES}, got {stage2!r}")
@@ -176,8 +242,9 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
         _warn_metadata(cfg, read)
         if todo:
             read_into_cache(cfg, todo, beam_args, values, log)
-        on_beam = stage2 == "beam" or (stage2 == "auto" and len(cfg.datasets) > 1 and parallel_runner(beam_args)
-                                        and numeric_entries(cfg, values, tasks) > KEEP_NUMERIC_VALUES)
+        on_beam = stage2 == "beam" or (
+            stage2 == "auto" and parallel_runner(beam_args) and numeric_entries(cfg, values, tasks) > KEEP_NUMERIC_VALUES
+            and sum(-(-cached_steps(ds, values, tasks[ds.name]) // PART_STEPS) for ds in cfg.datasets) > 1)
         if on_beam:
             from stepnorm.pipelines.stats_beam import stage2_on_beam
 
@@ -232,4 +299,4 @@ def _check_counts(cfg: Config, accs, computed) -> None:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["StatsResult", "accumulate_values", "dataset_episodes", "numeric_entries", "parallel_runner", "read_into_cache", "run_stats", "STATS_FILE"]
+__all__ = ["PART_STEPS", "StatsResult", "accumulate_values", "cached_steps", "dataset_episodes", "episode_parts", "max_parts", "part_steps", "numeric_entries", "parallel_runner", "read_into_cache", "run_stats", "STATS_FILE"]

@@ -194,15 +194,19 @@ def read_values(cfg: Config, items: list, beam_args: Sequence[str], cache_root: 
 
 # -- stage 2 on Beam -------------------------------------------------------------------------------
 #
-# Each dataset's accumulator and validators' sample are computed by one call, on a worker, by the
-# same code and from the same cached values in the same order as in-process
-# (``stepnorm.pipelines.stats.accumulate_values``), so they are the same bytes; the launcher merges
-# nothing but the datasets into their mixture, in config order, as in-process. The exact-quantile
-# passes run over the datasets' cached values on the workers too: counts are integers that add,
-# collected entries are sorted before use, so the quantiles are the same order statistics.
-# Results come back as files in a temporary directory of the values cache (on a cluster, a place
-# the workers and the launcher both see), one per dataset: a dataset whose file is missing fails
-# the run.
+# Each dataset is cut into parts of whole episodes (``stepnorm.pipelines.stats.episode_parts``:
+# defined by the episodes' lengths alone); each part's accumulator and validators' sample are
+# computed by one call, on a worker, by the same code and from the same cached values in the same
+# order as in-process (``stepnorm.pipelines.stats.accumulate_values``), and the launcher merges
+# the parts in part order and the datasets into their mixture in config order, as in-process: the
+# same bytes. The exact-quantile passes run over the parts on the workers too: counts are integers
+# that add, collected entries are sorted before use, so the quantiles are the same order
+# statistics. Results come back as files in a temporary directory of the values cache (on a
+# cluster, a place the workers and the launcher both see), one per part: a part whose file is
+# missing fails the run. A dataset's number of parts is known only from its episodes, so the
+# launcher asks for ``max_parts`` of them: the call for a part past the end says so in a file
+# (``.none``, holding the number of parts it found), the last part's call marks its part
+# (``.last``), and the launcher checks the two agree.
 
 STAGE2_FORMAT = 1
 
@@ -217,42 +221,85 @@ def _read_file(path: str) -> bytes:
         return handle.read()
 
 
-class AccumulateDatasetFn(beam.DoFn):
-    """Dataset index -> its accumulator and validators' sample, written to ``out``."""
+def _part_episodes(cfg: Config, cache_root: str, tasks: dict, index: int, part: int, steps_per_part: int, ends: list):
+    """The episodes of part ``part`` of dataset ``index`` (``ends``: set to ``[parts found,
+    last]`` once the part is over: how many parts the dataset has so far, and whether this was
+    its last)."""
+    from stepnorm.pipelines.stats import dataset_episodes, episode_parts
 
-    def __init__(self, cfg: Config, cache_root: str, tasks: dict, out: str):
+    ds = cfg.datasets[index]
+    seen = 0
+    for number, ep in episode_parts(dataset_episodes(ds, ValuesCache(cache_root), tasks[ds.name])(), steps_per_part):
+        seen = number + 1
+        if number > part:
+            ends[:] = [seen, False]
+            return
+        if number == part:
+            yield ep
+    ends[:] = [seen, True]
+
+
+class AccumulatePartFn(beam.DoFn):
+    """(dataset index, part) -> the part's accumulator and validators' sample, written to ``out``
+    (``{index}.{part}.acc`` last, the receipt), or ``{index}.{part}.none`` past the dataset's end."""
+
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, out: str, steps_per_part: dict[int, int]):
         self.cfg, self.cache_root, self.tasks, self.out = cfg, cache_root, tasks, out
+        self.steps_per_part = steps_per_part
 
-    def process(self, index):
-        from stepnorm.pipelines.stats import accumulate_values
+    def process(self, element):
+        from stepnorm.pipelines.stats import offer_to_sample
+        from stepnorm.samples import DatasetSample
+        from stepnorm.stats import ChunkStatsAccumulator
 
+        index, part = element
         ds = self.cfg.datasets[index]
-        # room 0: nothing held for the passes, which run as their own stages
-        acc, sample = accumulate_values(self.cfg, ds, ValuesCache(self.cache_root), self.tasks[ds.name], [0])
-        _write_file(FileSystems.join(self.out, f"{index}.sample"), sample.to_bytes())
-        _write_file(FileSystems.join(self.out, f"{index}.acc"), acc.to_bytes())  # last: the receipt
-        yield index
+        ends: list = []
+        acc, sample, offered = ChunkStatsAccumulator(self.cfg.accumulator_spec(), ds.name), DatasetSample(), [0, []]
+        found_any = False
+        for ep in _part_episodes(self.cfg, self.cache_root, self.tasks, index, part, self.steps_per_part[index], ends):
+            found_any = True
+            acc.add_episode(ep.action, ep.state, source=ep.source)
+            offer_to_sample(ds, sample, offered, ep)
+        name = FileSystems.join(self.out, f"{index}.{part}")
+        found, last = ends
+        if not found_any and not (part == 0 and found == 0):
+            _write_file(name + ".none", json.dumps({"parts": max(found, 1)}).encode())
+        else:
+            offer_to_sample(ds, sample, offered)
+            acc.flush()
+            _write_file(name + ".sample", sample.to_bytes())
+            if last:
+                _write_file(name + ".last", json.dumps({"parts": max(found, 1)}).encode())
+            _write_file(name + ".acc", acc.to_bytes())  # last: the receipt
+        yield element
 
 
 class PassFn(beam.DoFn):
-    """Dataset index -> its share of one exact-quantile pass (``kind`` ``count``: per wanted cell,
-    entries below and at most each edge; ``collect``: the entries inside each interval), written
-    to ``out``. ``request``: per dataset index, ``[((group, cell), edges or intervals, ranges)]``."""
+    """(dataset index, part) -> the part's share of one exact-quantile pass (``kind`` ``count``:
+    per wanted cell, entries below and at most each edge; ``collect``: the entries inside each
+    interval), written to ``out``. ``request``: per dataset index, ``[((group, cell), edges or
+    intervals, ranges)]``; ``budget``: the entries a count pass may keep."""
 
-    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, kind: str, request: dict, out: str):
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, kind: str, request: dict, out: str,
+                 steps_per_part: dict[int, int], budget: int):
         self.cfg, self.cache_root, self.tasks, self.accs = cfg, cache_root, tasks, accs
-        self.kind, self.request, self.out = kind, request, out
+        self.kind, self.request, self.out, self.steps_per_part, self.budget = kind, request, out, steps_per_part, budget
 
-    def process(self, index):
+    def process(self, element):
         from stepnorm import blobs
-        from stepnorm.pipelines.stats import KEEP_NUMERIC_VALUES, dataset_episodes
+        from stepnorm.pipelines.stats import KEEP_NUMERIC_VALUES
         from stepnorm.stats import ChunkStatsAccumulator, exact
 
-        ds = self.cfg.datasets[index]
+        index, part = element
         acc = ChunkStatsAccumulator.from_bytes(_read_file(FileSystems.join(self.accs, f"{index}.acc")))
-        episodes = dataset_episodes(ds, ValuesCache(self.cache_root), self.tasks[ds.name])
-        # held in memory when they fit (the column-wise scan: several times faster), else streamed;
-        # the same counts and entries either way
+
+        def episodes():
+            return _part_episodes(self.cfg, self.cache_root, self.tasks, index, part, self.steps_per_part[index], [])
+
+        # held in memory when they fit (not read from the cache again), else streamed; scanned in
+        # batches of whole episodes either way (a part's millions of steps at once would build
+        # temporaries of gigabytes: 1.5x slower); the same counts and entries either way
         data, held = [], 0
         for ep in episodes():
             held += ep.action.size + (ep.state.size if ep.state is not None else 0)
@@ -260,17 +307,16 @@ class PassFn(beam.DoFn):
                 data = episodes
                 break
             data.append((ep.action, ep.state))
-        ref = exact.DataRef(acc, data)
+        ref = exact.DataRef(acc, data if callable(data) else (lambda: iter(data)))
         rid = id(ref)
         wanted = self.request[index]
         sources = [exact.Source(rid, group, cell) for (group, cell), _, _ in wanted]
         arrays = {}
         if self.kind == "count":
-            # the entries inside the edges' runs come back too while they fit this dataset's share
+            # the entries inside the edges' runs come back too while they fit this part's share
             # of the budget (then no collect pass is needed), as in-process
             lt, le, kept = exact._count_pass({s: v for s, (_, v, _) in zip(sources, wanted)}, {rid: ref},
-                                             {s: r for s, (_, _, r) in zip(sources, wanted) if r},
-                                             exact.KEEP_VALUES // len(self.request))
+                                             {s: r for s, (_, _, r) in zip(sources, wanted) if r}, self.budget)
             for i, s in enumerate(sources):
                 arrays[f"{i}.lt"], arrays[f"{i}.le"] = lt[s], le[s]
                 if s in kept:
@@ -280,38 +326,61 @@ class PassFn(beam.DoFn):
             for i, (s, (_, intervals, _)) in enumerate(zip(sources, wanted)):
                 for j, interval in enumerate(intervals):
                     arrays[f"{i}.{j}"] = np.sort(got[s][interval])
-        _write_file(FileSystems.join(self.out, f"{index}.{self.kind}"), blobs.pack(arrays, STAGE2_FORMAT))
-        yield index
+        _write_file(FileSystems.join(self.out, f"{index}.{part}.{self.kind}"), blobs.pack(arrays, STAGE2_FORMAT))
+        yield element
 
 
-def _run_per_dataset(cfg: Config, beam_args: Sequence[str], indices: list[int], fn: beam.DoFn, out: str,
-                     suffix: str, label: str) -> dict[int, bytes]:
-    """Run ``fn`` over the datasets ``indices`` spread over the workers; every dataset's result
-    file must be there (a runner that drops an element fails the run)."""
-    run_beam(beam_args, lambda p: (p | f"{label}Datasets" >> beam.Create(indices)
+def _run_parts(beam_args: Sequence[str], elements: list[tuple[int, int]], fn: beam.DoFn, label: str) -> None:
+    """Run ``fn`` over ``elements`` ((dataset index, part) pairs) spread over the workers."""
+    run_beam(beam_args, lambda p: (p | f"{label}Parts" >> beam.Create(elements)
                                    | "Spread" >> beam.Reshuffle() | label >> beam.ParDo(fn)))
-    results = {}
-    for index in indices:
-        path = FileSystems.join(out, f"{index}.{suffix}")
-        if not FileSystems.exists(path):
-            ds = cfg.datasets[index]
-            raise InputDataError(ds.path, f"stage 2 on Beam: the {label.lower()} of dataset {ds.name!r} never came "
-                                          f"back from the workers (the runner dropped it; datasets in != datasets out)")
-        results[index] = _read_file(path)
-    return results
+
+
+def _dropped(cfg: Config, index: int, what: str) -> InputDataError:
+    ds = cfg.datasets[index]
+    return InputDataError(ds.path, f"stage 2 on Beam: {what} of dataset {ds.name!r} never came back from the "
+                                   f"workers (the runner dropped it; parts in != parts out)")
+
+
+def _collect_parts(cfg: Config, out: str, index: int, asked: int) -> int:
+    """How many parts dataset ``index`` has, from its ``asked`` part calls' files in ``out``;
+    every call must have left its file, and the last part and the calls past it must agree."""
+    parts = None
+    for part in range(asked):
+        name = FileSystems.join(out, f"{index}.{part}")
+        if FileSystems.exists(name + ".acc"):
+            if parts is not None:
+                raise _dropped(cfg, index, f"the part count (part {part} came back after the last, {parts - 1})")
+            if FileSystems.exists(name + ".last"):
+                parts = json.loads(_read_file(name + ".last"))["parts"]
+                if parts != part + 1:
+                    raise _dropped(cfg, index, f"the part count (part {part} is the last of {parts})")
+        elif FileSystems.exists(name + ".none"):
+            found = json.loads(_read_file(name + ".none"))["parts"]
+            if parts is None or found != parts:
+                raise _dropped(cfg, index, f"part {part if parts is None else parts - 1} (a later call found "
+                                           f"{found} parts)")
+        else:
+            raise _dropped(cfg, index, f"part {part}")
+    if parts is None:
+        raise _dropped(cfg, index, f"the last part (asked for {asked})")
+    return parts
 
 
 class BeamPasses:
     """The exact-quantile passes of ``stepnorm.stats.exact.resolve`` as Beam jobs over the
-    datasets' cached values (``exact.data_passes``); cells named by dataset index."""
+    datasets' parts' cached values (``exact.data_passes``); cells named by dataset index."""
 
-    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, work: str, beam_args: Sequence[str]):
+    def __init__(self, cfg: Config, cache_root: str, tasks: dict, accs: str, work: str, beam_args: Sequence[str],
+                 parts: dict[int, int], steps_per_part: dict[int, int]):
         self.cfg, self.cache_root, self.tasks, self.accs = cfg, cache_root, tasks, accs
         self.work, self.beam_args, self.runs = work, list(beam_args), 0
+        self.parts, self.steps_per_part = parts, steps_per_part
         self.index = {ds.name: i for i, ds in enumerate(cfg.datasets)}
 
     def _run(self, kind: str, by_source: dict, ranges: dict | None, refs) -> tuple[dict, dict]:
         from stepnorm import blobs
+        from stepnorm.stats import exact
 
         request: dict[int, list] = {}
         order: dict[int, list] = {}
@@ -323,23 +392,29 @@ class BeamPasses:
         self.runs += 1
         out = FileSystems.join(self.work, f"{kind}-{self.runs}")
         FileSystems.mkdirs(out)
-        fn = PassFn(self.cfg, self.cache_root, self.tasks, self.accs, kind, request, out)
-        got = _run_per_dataset(self.cfg, self.beam_args, sorted(request), fn, out, kind, f"Pass{self.runs}")
-        results = {}
-        for index, blob in got.items():
-            with blobs.unpack(blob, STAGE2_FORMAT, "stage-2 pass result") as z:
-                results[index] = {name: z[name].copy() for name in z}
+        elements = [(index, part) for index in sorted(request) for part in range(self.parts[index])]
+        fn = PassFn(self.cfg, self.cache_root, self.tasks, self.accs, kind, request, out, self.steps_per_part,
+                    exact.KEEP_VALUES // max(1, len(elements)))
+        _run_parts(self.beam_args, elements, fn, f"Pass{self.runs}")
+        results: dict[int, list] = {}
+        for index, part in elements:
+            path = FileSystems.join(out, f"{index}.{part}.{kind}")
+            if not FileSystems.exists(path):
+                raise _dropped(self.cfg, index, f"the {kind} pass of part {part}")
+            with blobs.unpack(_read_file(path), STAGE2_FORMAT, "stage-2 pass result") as z:
+                results.setdefault(index, []).append({name: z[name].copy() for name in z})
         return order, results
 
     def count(self, source_edges, refs, ranges=None):
         order, results = self._run("count", source_edges, ranges, refs)
         lt, le, kept = {}, {}, {}
         for index, sources in order.items():
-            got = results[index]
+            got = results[index]  # the parts', in part order
             for i, src in enumerate(sources):
-                lt[src], le[src] = got[f"{i}.lt"], got[f"{i}.le"]
-                if f"{i}.kept.values" in got:
-                    kept[src] = (got[f"{i}.kept.bounds"], got[f"{i}.kept.values"])
+                lt[src] = sum(g[f"{i}.lt"] for g in got)
+                le[src] = sum(g[f"{i}.le"] for g in got)
+                if all(f"{i}.kept.values" in g for g in got):  # kept by every part: all of them
+                    kept[src] = (got[0][f"{i}.kept.bounds"], np.concatenate([g[f"{i}.kept.values"] for g in got]))
         return lt, le, kept
 
     def collect(self, intervals, refs):
@@ -347,34 +422,51 @@ class BeamPasses:
         order, results = self._run("collect", intervals, None, refs)
         out = {}
         for index, sources in order.items():
+            got = results[index]
             for i, src in enumerate(sources):
-                out[src] = {iv: results[index][f"{i}.{j}"] for j, iv in enumerate(intervals[src])}
+                out[src] = {iv: np.sort(np.concatenate([g[f"{i}.{j}"] for g in got]))
+                            for j, iv in enumerate(intervals[src])}
         return out
 
 
 @contextlib.contextmanager
 def stage2_on_beam(cfg: Config, tasks: dict, beam_args: Sequence[str], cache_root: str, log=print):
     """Stage 2 of ``stepnorm stats`` on Beam: yields ``(accumulators, samples)`` computed on the
-    workers, inside ``exact.data_passes`` of ``BeamPasses`` (so ``artifact_from_accumulators``
-    there runs its passes on the workers too). The temporary files go when it ends."""
+    workers part by part, inside ``exact.data_passes`` of ``BeamPasses`` (so
+    ``artifact_from_accumulators`` there runs its passes on the workers too). The temporary files
+    go when it ends."""
+    from stepnorm.pipelines import stats
     from stepnorm.samples import DatasetSample
     from stepnorm.stats import ChunkStatsAccumulator, exact
 
+    values = ValuesCache(cache_root)
     work = FileSystems.join(cache_root, f".stage2-{uuid.uuid4().hex}")
     accs_dir = FileSystems.join(work, "accumulators")
+    parts_dir = FileSystems.join(work, "parts")
     FileSystems.mkdirs(accs_dir)
+    FileSystems.mkdirs(parts_dir)
     try:
         started = time.monotonic()
-        indices = list(range(len(cfg.datasets)))
-        fn = AccumulateDatasetFn(cfg, cache_root, tasks, accs_dir)
-        got = _run_per_dataset(cfg, beam_args, indices, fn, accs_dir, "acc", "Accumulate")
-        accs, samples = {}, {}
-        for index, blob in got.items():
-            name = cfg.datasets[index].name
-            accs[name] = ChunkStatsAccumulator.from_bytes(blob)
-            samples[name] = DatasetSample.from_bytes(_read_file(FileSystems.join(accs_dir, f"{index}.sample")))
-        log(f"stage 2 on Beam: {len(indices)} datasets accumulated on the workers ({time.monotonic() - started:.1f}s)")
-        passes = BeamPasses(cfg, cache_root, tasks, accs_dir, work, beam_args)
+        steps = {index: stats.cached_steps(ds, values, tasks[ds.name]) for index, ds in enumerate(cfg.datasets)}
+        steps_per_part = {index: stats.part_steps(n) for index, n in steps.items()}
+        asked = {index: stats.max_parts(n, steps_per_part[index]) for index, n in steps.items()}
+        elements = [(index, part) for index in sorted(asked) for part in range(asked[index])]
+        _run_parts(beam_args, elements, AccumulatePartFn(cfg, cache_root, tasks, parts_dir, steps_per_part), "Accumulate")
+        accs, samples, parts = {}, {}, {}
+        for index, ds in enumerate(cfg.datasets):
+            parts[index] = _collect_parts(cfg, parts_dir, index, asked[index])
+            total, sample = None, None
+            for part in range(parts[index]):
+                name = FileSystems.join(parts_dir, f"{index}.{part}")
+                total = stats.merge_part(total, ChunkStatsAccumulator.from_bytes(_read_file(name + ".acc")))
+                got = DatasetSample.from_bytes(_read_file(name + ".sample"))
+                sample = got if sample is None else sample.merge(got)
+            accs[ds.name], samples[ds.name] = total, sample
+            # the passes' workers read the merged accumulator (its dims and layout)
+            _write_file(FileSystems.join(accs_dir, f"{index}.acc"), total.to_bytes())
+        log(f"stage 2 on Beam: {len(cfg.datasets)} datasets in {sum(parts.values())} parts accumulated on the "
+            f"workers ({time.monotonic() - started:.1f}s)")
+        passes = BeamPasses(cfg, cache_root, tasks, accs_dir, work, beam_args, parts, steps_per_part)
         with exact.data_passes(passes):
             yield accs, samples
         log(f"stage 2 on Beam: {passes.runs} exact-quantile passes on the workers")
@@ -548,4 +640,4 @@ def _relayed_errors_kept_out():
         root.removeFilter(relayed)
 
 
-__all__ = ["AccumulateDatasetFn", "BeamPasses", "PassFn", "ReadIntoCache", "ReadTaskFn", "stage2_on_beam", "make_pipeline_options", "read_values", "run_beam", "task_key"]
+__all__ = ["AccumulatePartFn", "BeamPasses", "PassFn", "ReadIntoCache", "ReadTaskFn", "stage2_on_beam", "make_pipeline_options", "read_values", "run_beam", "task_key"]

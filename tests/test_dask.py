@@ -249,7 +249,7 @@ def test_stage2_on_dask_gives_the_default_runners_artifact(sample_config, dask_c
     code, out, err = run_cli(["stats", str(cfg), "--out", str(tmp_path / "dask"), "--stage2", "beam"]
                              + dask_args(dask_cluster), capsys)
     assert code == 0, err
-    assert "stage 2 on Beam: 2 datasets accumulated on the workers" in out
+    assert "stage 2 on Beam: 2 datasets in 2 parts accumulated on the workers" in out
     assert int(re.search(r"(\d+) exact-quantile passes on the workers", out).group(1)) >= 1, out
     assert out.count("dask: 2 tasks in 2 partitions over 2 workers") >= 2, out  # accumulate, passes
 

@@ -212,3 +212,27 @@ def test_merge_with_empty_is_identity():
     merged = ChunkStatsAccumulator(SPEC, "p").merge(empty).merge(_accumulate(range(len(EPISODES)))).merge(empty)
     out = merged.finalize().to_dict(Q)
     _close(out["action"]["per_timestep"]["std"], WHOLE_OUT["action"]["per_timestep"]["std"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=8), st.sampled_from([SPEC, SMALL]))
+def test_parts_sharing_samples_equal_parts_with_their_own(sizes, spec):
+    """Consecutive parts of the episodes: accumulated with one shared bracketing sample and
+    merged moments-only (``shared_samples``, in-process stage 2) give the same accumulator bytes
+    as parts with their own samples merged in part order (stage 2 on Beam)."""
+    bounds = np.minimum(np.cumsum([0] + sizes), len(EPISODES))
+    parts = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    own = None
+    for part in parts:
+        acc = ChunkStatsAccumulator.from_bytes(_accumulate(part, spec).to_bytes())
+        own = acc if own is None else own.merge(acc)
+    shared, total = {}, None
+    for part in parts:
+        acc = ChunkStatsAccumulator(spec, "p", shared_samples=shared)
+        for i in part:
+            acc.add_episode(*EPISODES[i])
+        acc.flush()
+        total = acc if total is None else total.merge(acc, samples=False)
+    for key, group in total.groups.items():
+        group.samples = shared[key]
+    assert total.to_bytes() == own.to_bytes()

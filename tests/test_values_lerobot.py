@@ -455,7 +455,7 @@ def test_stage2_on_beam_assembles_episodes_across_files(dataset, tmp_path, capsy
     cfg = _config(tmp_path / "c.yaml", dataset, sketch_k=8)
     _stats(cfg, tmp_path / "local", tmp_path / "cache", capsys, "--stage2", "local")
     printed = _stats(cfg, tmp_path / "beam", tmp_path / "cache", capsys, "--stage2", "beam")
-    assert "1 datasets accumulated on the workers" in printed and "extract reused" in printed
+    assert "1 datasets in 1 parts accumulated on the workers" in printed and "extract reused" in printed
     assert int(re.search(r"(\d+) exact-quantile passes on the workers", printed).group(1)) >= 1
     assert _bytes(tmp_path / "beam") == _bytes(tmp_path / "local")
     for blob in sorted((tmp_path / "local").rglob("*.npz")):

@@ -62,11 +62,12 @@ class CellGroup:
         self.moments.add_batch(batch)
         self.samples.update(batch)
 
-    def merge(self, other: "CellGroup") -> None:
+    def merge(self, other: "CellGroup", samples: bool = True) -> None:
         self.flush()
         other.flush()
         self.moments.merge(other.moments)
-        self.samples.merge(other.samples)
+        if samples:
+            self.samples.merge(other.samples)
 
 
 class DeltaGroup(CellGroup):
@@ -124,11 +125,18 @@ class ChunkStatsAccumulator:
 
     Dims ``D`` (action) and ``Ds`` (state) are fixed by the first episode with data. Use
     ``add_episode``, ``merge``, ``to_bytes``/``from_bytes`` and ``finalize``.
+
+    ``shared_samples``: a dict (group key -> ``SampleGrid``) this accumulator's groups take their
+    bracketing samples from and put theirs in: accumulators of consecutive parts of one dataset
+    sharing one dict continue one sample per group (bottom-k samples are the same however the
+    entries are split, so a part need not start its own), while each part keeps its own moments.
+    Merge such parts with ``merge(..., samples=False)``.
     """
 
-    def __init__(self, spec: AccumulatorSpec, name: str = "dataset"):
+    def __init__(self, spec: AccumulatorSpec, name: str = "dataset", shared_samples: dict | None = None):
         self.spec = spec
         self.name = name
+        self.shared_samples = shared_samples
         self.num_episodes = 0
         self.num_steps = 0
         self.action_dim: int | None = None
@@ -164,6 +172,11 @@ class ChunkStatsAccumulator:
         # stored actions (Octo) need; plain dims have theirs in HEAD/TAIL.
         shapes = chunks.group_shapes(spec.horizon, action_dim, state_dim, spec.delta_mask)
         self.groups = {key: _group(key, shape, spec.sketch_k) for key, shape in shapes.items()}
+        if self.shared_samples is not None:
+            for key, group in self.groups.items():
+                shared = self.shared_samples.setdefault(key, group.samples)
+                if shared.shape == group.samples.shape:  # else the merge reports the dims
+                    group.samples = shared
 
     # -- adding data --------------------------------------------------------------------------
     def add_episode(self, action: np.ndarray, state: np.ndarray | None = None, source: str | None = None) -> None:
@@ -214,8 +227,9 @@ class ChunkStatsAccumulator:
         out[chunks.RAW] = action[:, delta]
         return out
 
-    def merge(self, other: "ChunkStatsAccumulator") -> "ChunkStatsAccumulator":
-        """Merge ``other`` into self (associative, commutative); returns self."""
+    def merge(self, other: "ChunkStatsAccumulator", samples: bool = True) -> "ChunkStatsAccumulator":
+        """Merge ``other`` into self (associative, commutative); returns self. ``samples=False``:
+        counts and moments only (the two share their bracketing samples: ``shared_samples``)."""
         if other.spec != self.spec:
             raise ValueError(f"cannot merge accumulators with different specs: {self.spec} vs {other.spec}")
         self.num_episodes += other.num_episodes
@@ -233,7 +247,7 @@ class ChunkStatsAccumulator:
                 f"into {self.action_dim}/{self.state_dim}",
             )
         for key, group in self.groups.items():
-            group.merge(other.groups[key])
+            group.merge(other.groups[key], samples)
         return self
 
     def flush(self) -> None:
