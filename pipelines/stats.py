@@ -75,13 +75,15 @@ def dataset_episodes(ds, cache: ValuesCache, tasks: list):
     return episodes
 
 
+def part_count(steps: int) -> int:
+    """How many parts a dataset of ``steps`` cached steps is cut into: ``ceil(steps / PART_STEPS)``."""
+    return max(1, -(-steps // PART_STEPS))
+
+
 def part_steps(steps: int) -> int:
     """The steps of each part (``episode_parts``) of a dataset of ``steps`` cached steps: its
-    ``ceil(steps / PART_STEPS)`` parts made about equal."""
-    if steps <= 0:
-        return PART_STEPS
-    parts = -(-steps // PART_STEPS)
-    return -(-steps // parts)
+    ``part_count`` parts made about equal."""
+    return -(-steps // part_count(steps)) if steps > 0 else PART_STEPS
 
 
 def episode_parts(episodes, steps_per_part: int):
@@ -244,7 +246,7 @@ def run_stats(cfg: Config, out_dir: str | os.PathLike, beam_args: Sequence[str] 
             read_into_cache(cfg, todo, beam_args, values, log)
         on_beam = stage2 == "beam" or (
             stage2 == "auto" and parallel_runner(beam_args) and numeric_entries(cfg, values, tasks) > KEEP_NUMERIC_VALUES
-            and sum(-(-cached_steps(ds, values, tasks[ds.name]) // PART_STEPS) for ds in cfg.datasets) > 1)
+            and sum(part_count(cached_steps(ds, values, tasks[ds.name])) for ds in cfg.datasets) > 1)
         if on_beam:
             from stepnorm.pipelines.stats_beam import stage2_on_beam
 
@@ -299,4 +301,4 @@ def _check_counts(cfg: Config, accs, computed) -> None:
             raise InputDataError(ds.path, f"read {got} episodes but split {ds.split!r} holds {expected}")
 
 
-__all__ = ["PART_STEPS", "StatsResult", "accumulate_values", "cached_steps", "dataset_episodes", "episode_parts", "max_parts", "part_steps", "numeric_entries", "parallel_runner", "read_into_cache", "run_stats", "STATS_FILE"]
+__all__ = ["PART_STEPS", "StatsResult", "accumulate_values", "cached_steps", "dataset_episodes", "episode_parts", "max_parts", "part_count", "part_steps", "numeric_entries", "parallel_runner", "read_into_cache", "run_stats", "STATS_FILE"]
