@@ -308,6 +308,24 @@ def _artifact_bytes(out: Path) -> dict[str, bytes]:
     return files
 
 
+def _so101(real_data: Path) -> dict:
+    """The real so101 LeRobot set as a mixture entry (4 of its dims, transforms on both keys)."""
+    return {"name": "so101", "format": "lerobot", "path": str(real_data / "so101_record_test_lerobot_v30"),
+            "action_key": "action", "state_key": "observation.state", "weight": 0.5,
+            "transforms": [{"name": "select_dims", "args": {"key": k, "dims": [0, 1, 2, 5]}}
+                           for k in ("action", "state")]}
+
+
+def _stage2_fails(cfg: Path, tmp_path: Path, capsys, names: str) -> None:
+    """``stats --stage2 beam`` exits 2 with one line saying ``names`` never came back, writing nothing."""
+    capsys.readouterr()
+    assert main(["stats", str(cfg), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                 "--stage2", "beam"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never came back from the workers" in err[0] and names in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage2_on_beam_gives_the_same_artifact(datasets, real_data, tmp_path, capsys, monkeypatch):
     """Stage 2 on Beam (each dataset's accumulator and its exact-quantile passes on the workers,
     here with a real LeRobot dataset beside two RLDS ones, small sketch_k so the passes run for
@@ -316,10 +334,7 @@ def test_stage2_on_beam_gives_the_same_artifact(datasets, real_data, tmp_path, c
     multi-process runner with more numeric values than one process holds."""
     from stepnorm.pipelines import stats as stats_pipeline
 
-    lerobot = {"name": "so101", "format": "lerobot", "path": str(real_data / "so101_record_test_lerobot_v30"),
-               "action_key": "action", "state_key": "observation.state", "weight": 0.5,
-               "transforms": [{"name": "select_dims", "args": {"key": k, "dims": [0, 1, 2, 5]}}
-                              for k in ("action", "state")]}
+    lerobot = _so101(real_data)
     for weighting in ("samples", "mixture"):
         cfg = _config(tmp_path / f"{weighting}.yaml", {"seven": datasets["seven"], "one": datasets["one"]},
                       sketch_k=16, weighting=weighting)
@@ -367,12 +382,7 @@ def test_stage2_on_beam_fails_when_a_dataset_never_comes_back(datasets, tmp_path
         return real(self, element)
 
     monkeypatch.setattr(stats_beam.AccumulatePartFn, "process", dropping)
-    capsys.readouterr()
-    assert main(["stats", str(cfg), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-                 "--stage2", "beam"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "never came back from the workers" in err[0] and "'one'" in err[0], err
-    assert not (tmp_path / "out").exists()
+    _stage2_fails(cfg, tmp_path, capsys, "'one'")
 
 
 def test_parts_of_a_dataset_give_the_same_bytes_wherever_they_run(datasets, real_data, tmp_path, monkeypatch, capsys):
@@ -383,10 +393,7 @@ def test_parts_of_a_dataset_give_the_same_bytes_wherever_they_run(datasets, real
     1e-14 (up to ten merges of the parts' moments, a few ulps each: 2.4e-15 seen)."""
     from stepnorm.pipelines import stats as stats_pipeline
 
-    lerobot = {"name": "so101", "format": "lerobot", "path": str(real_data / "so101_record_test_lerobot_v30"),
-               "action_key": "action", "state_key": "observation.state", "weight": 0.5,
-               "transforms": [{"name": "select_dims", "args": {"key": k, "dims": [0, 1, 2, 5]}}
-                              for k in ("action", "state")]}
+    lerobot = _so101(real_data)
     cfg = _config(tmp_path / "c.yaml", {"seven": datasets["seven"], "one": datasets["one"]}, sketch_k=16)
     doc = yaml.safe_load(cfg.read_text())
     doc["datasets"].append(lerobot)
@@ -432,10 +439,5 @@ def test_stage2_on_beam_fails_when_a_part_never_comes_back(datasets, tmp_path, m
             return iter(()) if element == drop else real(self, element)
 
         monkeypatch.setattr(cls, "process", dropping)
-        capsys.readouterr()
-        assert main(["stats", str(cfg), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-                     "--stage2", "beam"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "never came back from the workers" in err[0] and "part" in err[0], err
-        assert not (tmp_path / "out").exists()
+        _stage2_fails(cfg, tmp_path, capsys, "part")
         monkeypatch.setattr(cls, "process", real)
